@@ -1,0 +1,32 @@
+# Two commands matter: `make run` (the bot against your homeserver) and `make test` (everything).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CONFIG ?= config.yaml
+
+.PHONY: run check test lint install
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: $(VENV)/.installed
+	@test -f $(CONFIG) || { cp config.example.yaml $(CONFIG); \
+	  echo "Created $(CONFIG) from config.example.yaml: edit homeserver, user_id and password, then run make run again."; exit 2; }
+	$(PY) -m bot check --config $(CONFIG)
+	$(PY) -m bot run --config $(CONFIG)
+
+check: $(VENV)/.installed
+	$(PY) -m bot check --config $(CONFIG)
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check bot tests
+	$(PY) -m ruff format --check bot tests
+	$(PY) -m mypy
+
+test: lint
+	$(PY) -m pytest -q -p no:cacheprovider

@@ -1,0 +1,173 @@
+"""Configuration: the YAML file, validated by pydantic, with secrets from the environment.
+
+Every problem becomes one line naming the file, the key and what would be valid.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MXID = re.compile(r"^@[^:\s]+:[A-Za-z0-9.\-]+(:\d+)?$")
+ENV_PASSWORD = "ONBOARDING_BOT_PASSWORD"
+ENV_ACCESS_TOKEN = "ONBOARDING_BOT_ACCESS_TOKEN"
+
+
+class ConfigError(ValueError):
+    """One or more problems with the configuration, one per line."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_mxid(value: str) -> str:
+    if not MXID.match(value):
+        raise ValueError(f"{value!r} is not a Matrix user id like @name:example.org")
+    return value
+
+
+class MatrixConfig(_Section):
+    homeserver: str
+    user_id: str
+    password: str | None = None
+    access_token: str | None = None
+    device_name: str = "onboarding-bot"
+    encryption: bool = True
+
+    @field_validator("homeserver")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError(f"{value!r} must be a URL like https://matrix.example.org")
+        return value.rstrip("/")
+
+    @field_validator("user_id")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        return _check_mxid(value)
+
+    @property
+    def server_name(self) -> str:
+        return self.user_id.split(":", 1)[1]
+
+
+class StorageConfig(_Section):
+    data_dir: Path = Path("data")
+
+
+class BotConfig(_Section):
+    command_prefix: str = Field(default="!", min_length=1, max_length=5)
+    allowed_servers: list[str] = Field(default_factory=list)
+    greeting: bool = True
+    # Commands older than this are not answered (the bot was down far longer than anyone waits).
+    max_event_age: str = "7d"
+
+    @field_validator("command_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if any(c.isspace() or c.isalnum() for c in value):
+            raise ValueError(f"{value!r} must be punctuation without spaces, e.g. '!'")
+        return value
+
+    @field_validator("max_event_age")
+    @classmethod
+    def _age(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+
+class PeopleConfig(_Section):
+    mentors: list[str] = Field(default_factory=list)
+    admins: list[str] = Field(default_factory=list)
+
+    @field_validator("mentors", "admins")
+    @classmethod
+    def _users(cls, value: list[str]) -> list[str]:
+        return [_check_mxid(v) for v in value]
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class Config(_Section):
+    matrix: MatrixConfig
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    roadmap: Path = Path("roadmap.yaml")
+    bot: BotConfig = Field(default_factory=BotConfig)
+    people: PeopleConfig = Field(default_factory=PeopleConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @property
+    def allowed_servers(self) -> frozenset[str]:
+        return frozenset(self.bot.allowed_servers or [self.matrix.server_name])
+
+    @property
+    def database_path(self) -> Path:
+        return self.storage.data_dir / "bot.db"
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: str) -> float:
+    """'30s', '45m', '12h', '3d', '1w' -> seconds."""
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration like 30s, 45m, 12h, 3d or 1w")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    where = ".".join(str(p) for p in error["loc"]) or "top level"
+    kind = error["type"]
+    if kind == "missing":
+        return f"{where}: required key is missing"
+    if kind == "extra_forbidden":
+        return f"{where}: unknown key (check the spelling against config.example.yaml)"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}"
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Reads, validates and completes the config; raises ConfigError with one line a problem."""
+    environ = os.environ if environ is None else environ
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level: must be a mapping (see config.example.yaml)")
+    matrix = raw.get("matrix")
+    if isinstance(matrix, dict):
+        for key, env in (("password", ENV_PASSWORD), ("access_token", ENV_ACCESS_TOKEN)):
+            if environ.get(env):
+                matrix[key] = environ[env]
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{path}: {_describe(e)}" for e in exc.errors()]
+        raise ConfigError("\n".join(lines)) from None
+    if not config.matrix.password and not config.matrix.access_token:
+        raise ConfigError(
+            f"{path}: matrix: needs password or access_token "
+            f"(or the {ENV_PASSWORD} / {ENV_ACCESS_TOKEN} environment variables)"
+        )
+    base = path.resolve().parent
+    return config.model_copy(
+        update={
+            "roadmap": base / config.roadmap,
+            "storage": StorageConfig(data_dir=base / config.storage.data_dir),
+        }
+    )

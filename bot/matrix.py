@@ -1,0 +1,334 @@
+"""The Matrix edge: login with a saved session, the sync loop, invites, and sending the outbox.
+
+It turns room events into `Incoming` messages for the dispatcher and delivers what the store
+queued. The saved sync token and the handled-event ids in the store make a restart neither
+replay nor miss a command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import ClientError
+from nio import (
+    AsyncClient,
+    AsyncClientConfig,
+    InviteMemberEvent,
+    LocalProtocolError,
+    LoginResponse,
+    MatrixRoom,
+    RoomMessageText,
+    RoomSendResponse,
+    SendRetryError,
+    SyncError,
+    SyncResponse,
+    WhoamiResponse,
+)
+
+from bot.config import Config, parse_duration
+from bot.dispatch import Dispatcher, Incoming
+from bot.render import Code, Message
+from bot.store import OutboxItem, Store
+
+log = logging.getLogger(__name__)
+
+SYNC_TOKEN_KEY = "sync_token"
+FIRST_START_KEY = "first_start_ms"
+SYNC_TIMEOUT_MS = 30_000
+# Enough timeline per room that commands sent while the bot was down are all in the first sync.
+SYNC_FILTER: dict[str, Any] = {
+    "room": {"timeline": {"limit": 200}, "state": {"lazy_load_members": False}},
+    "presence": {"not_types": ["*"]},
+}
+MAX_SEND_ATTEMPTS = 8
+TRANSPORT_ERRORS = (ClientError, asyncio.TimeoutError, OSError, SendRetryError, LocalProtocolError)
+
+
+class FatalMatrixError(RuntimeError):
+    """The bot cannot go on (bad credentials, revoked token); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Session:
+    homeserver: str
+    user_id: str
+    device_id: str
+    access_token: str
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+class Backoff:
+    """Exponential backoff with full jitter, capped."""
+
+    def __init__(self, base: float = 1.0, cap: float = 60.0) -> None:
+        self.base, self.cap, self.failures = base, cap, 0
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        return random.uniform(0, min(self.cap, self.base * 2 ** (self.failures - 1)))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class MatrixBot:
+    def __init__(self, config: Config, store: Store, dispatcher: Dispatcher) -> None:
+        self.config = config
+        self.store = store
+        self.dispatcher = dispatcher
+        data_dir = config.storage.data_dir
+        self.session_path = data_dir / "session.json"
+        self.crypto_dir = data_dir / "crypto"
+        self.client = AsyncClient(
+            config.matrix.homeserver,
+            config.matrix.user_id,
+            store_path=str(self.crypto_dir),
+            config=AsyncClientConfig(
+                encryption_enabled=config.matrix.encryption,
+                store_sync_tokens=False,  # the bot's own database keeps the token
+                max_limit_exceeded=None,  # wait out every 429 as the server asks
+                max_timeouts=2,  # then our own backoff takes over
+                request_timeout=45,
+            ),
+        )
+        self.max_event_age_ms = int(parse_duration(config.bot.max_event_age) * 1000)
+        self.last_sync_ok: float | None = None
+        self._first_start_ms = 0
+        self._stopping = asyncio.Event()
+        self.client.add_event_callback(self._on_invite, InviteMemberEvent)
+        self.client.add_event_callback(self._on_message, RoomMessageText)
+
+    # --- login ----------------------------------------------------------------------------
+
+    def _load_session(self) -> Session | None:
+        try:
+            data = json.loads(self.session_path.read_text(encoding="utf-8"))
+            session = Session(**data)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("ignoring unreadable saved session %s: %s", self.session_path, exc)
+            return None
+        if (session.homeserver, session.user_id) != (
+            self.config.matrix.homeserver,
+            self.config.matrix.user_id,
+        ):
+            log.warning("saved session is for another account or homeserver; logging in again")
+            return None
+        return session
+
+    def _save_session(self, session: Session) -> None:
+        _write_private(self.session_path, json.dumps(session.__dict__, indent=2))
+
+    async def login(self) -> None:
+        """Reuses the saved device when there is one: a new device per start breaks E2EE."""
+        data_dir = self.config.storage.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(data_dir, 0o700)
+        self.crypto_dir.mkdir(exist_ok=True, mode=0o700)
+        m = self.config.matrix
+        session = self._load_session()
+        if session is None and m.access_token:
+            self.client.access_token = m.access_token
+            who = await self.client.whoami()
+            if not isinstance(who, WhoamiResponse) or not who.device_id:
+                raise FatalMatrixError(
+                    f"the configured access_token was refused by {m.homeserver}: {who}"
+                )
+            session = Session(m.homeserver, who.user_id, who.device_id, m.access_token)
+            self._save_session(session)
+        elif session is None:
+            resp = await self.client.login(m.password, device_name=m.device_name)
+            if not isinstance(resp, LoginResponse):
+                why = getattr(resp, "message", resp)
+                raise FatalMatrixError(f"login as {m.user_id} on {m.homeserver} failed: {why}")
+            session = Session(m.homeserver, resp.user_id, resp.device_id, resp.access_token)
+            self._save_session(session)
+            log.info("logged in as %s, new device %s", resp.user_id, resp.device_id)
+        self.client.restore_login(session.user_id, session.device_id, session.access_token)
+        log.info("using device %s of %s", session.device_id, session.user_id)
+        if self.client.should_upload_keys:
+            await self.client.keys_upload()
+
+    # --- the sync loop --------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        first = await self.store.get_value(FIRST_START_KEY)
+        if first is None:
+            first = str(int(time.time() * 1000))
+            await self.store.set_value(FIRST_START_KEY, first)
+        self._first_start_ms = int(first)
+        token = await self.store.get_value(SYNC_TOKEN_KEY)
+        backoff = Backoff()
+        full_state = True  # the first sync of every start rebuilds room state in memory
+        while not self._stopping.is_set():
+            try:
+                resp = await self.client.sync(
+                    timeout=SYNC_TIMEOUT_MS,
+                    sync_filter=SYNC_FILTER,
+                    since=token,
+                    full_state=full_state,
+                )
+            except TRANSPORT_ERRORS as exc:
+                await self._pause(backoff, f"sync failed: {exc!r}")
+                continue
+            if isinstance(resp, SyncError):
+                if resp.status_code == "M_UNKNOWN_TOKEN":
+                    raise FatalMatrixError(
+                        f"the homeserver no longer accepts the bot's access token ({resp.message})."
+                        f" Delete {self.session_path} and start again to log in anew."
+                    )
+                await self._pause(backoff, f"sync error: {resp.status_code} {resp.message}")
+                continue
+            assert isinstance(resp, SyncResponse)
+            backoff.reset()
+            if full_state:
+                log.info("first sync done; ready for commands")
+            full_state = False
+            token = resp.next_batch
+            await self.store.set_value(SYNC_TOKEN_KEY, token)
+            self.last_sync_ok = time.monotonic()
+            await self._after_sync()
+
+    async def _pause(self, backoff: Backoff, why: str) -> None:
+        delay = backoff.next_delay()
+        log.warning("%s; retrying in %.1fs", why, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+
+    async def _after_sync(self) -> None:
+        c = self.client
+        try:
+            if c.should_upload_keys:
+                await c.keys_upload()
+            if c.should_query_keys:
+                await c.keys_query()
+            if c.should_claim_keys:
+                await c.keys_claim(c.get_users_for_key_claiming())
+            await c.send_to_device_messages()
+        except TRANSPORT_ERRORS as exc:
+            log.warning("key maintenance failed, will retry after the next sync: %r", exc)
+        await self.flush_outbox()
+
+    # --- events ---------------------------------------------------------------------------
+
+    def _allowed(self, user_id: str) -> bool:
+        return user_id.partition(":")[2] in self.config.allowed_servers
+
+    async def _on_invite(self, room: MatrixRoom, event: InviteMemberEvent) -> None:
+        if event.state_key != self.client.user_id or event.membership != "invite":
+            return
+        if not self._allowed(event.sender):
+            log.warning(
+                "rejecting invite to %s from %s (server not allowed)", room.room_id, event.sender
+            )
+            await self.client.room_leave(room.room_id)
+            return
+        joined_ms = int(time.time() * 1000)
+        resp = await self.client.join(room.room_id)
+        if getattr(resp, "room_id", None) != room.room_id:
+            log.warning("could not join %s: %s", room.room_id, resp)
+            return
+        await self.store.set_room_joined(room.room_id, joined_ms)
+        log.info("joined %s on the invite of %s", room.room_id, event.sender)
+        if self.config.bot.greeting:
+            await self._greet(room.room_id, joined_ms)
+
+    async def _greet(self, room_id: str, joined_ms: int) -> None:
+        p = self.config.bot.command_prefix
+        reply = (
+            Message()
+            .line(
+                "Hello! I'm your onboarding mentor. I walk you through the team's roadmap one "
+                "step at a time and keep track of your progress."
+            )
+            .line("Say ", Code(f"{p}start"), " to begin, or ", Code(f"{p}help"), " for commands.")
+            .reply()
+        )
+        txn = "greet-" + hashlib.sha256(f"{room_id}/{joined_ms}".encode()).hexdigest()[:32]
+        await self.store.queue_message(
+            txn_id=txn, room_id=room_id, content=reply.content(), at=datetime.now(UTC)
+        )
+
+    async def _on_message(self, room: MatrixRoom, event: RoomMessageText) -> None:
+        sender = event.sender
+        if sender == self.client.user_id or not self._allowed(sender):
+            return
+        content = event.source.get("content", {})
+        if content.get("m.relates_to", {}).get("rel_type") == "m.replace":
+            return  # an edit of an earlier message is not a new command
+        if not self.dispatcher.is_command(event.body):
+            return
+        joined = await self.store.room_joined_at(room.room_id) or self._first_start_ms
+        now_ms = int(time.time() * 1000)
+        if (
+            event.server_timestamp < joined
+            or now_ms - event.server_timestamp > self.max_event_age_ms
+        ):
+            log.debug("ignoring old event %s in %s", event.event_id, room.room_id)
+            return
+        item = await self.dispatcher.handle(
+            Incoming(event.event_id, room.room_id, sender, event.body)
+        )
+        if item is not None:
+            log.info("answered a command", extra={"room": room.room_id, "sender": sender})
+
+    # --- sending --------------------------------------------------------------------------
+
+    async def flush_outbox(self) -> None:
+        """Sends every queued message, oldest first; what fails stays queued for next time."""
+        for item in await self.store.outbox():
+            if item.room_id not in self.client.rooms:
+                continue  # not synced yet (just joined): the next sync brings it
+            if await self._send(item):
+                await self.store.outbox_sent(item.id)
+            elif item.attempts + 1 >= MAX_SEND_ATTEMPTS:
+                log.error(
+                    "giving up on message %s to %s after %d attempts",
+                    item.txn_id,
+                    item.room_id,
+                    item.attempts + 1,
+                )
+                await self.store.outbox_sent(item.id)
+            else:
+                await self.store.outbox_failed(item.id)
+
+    async def _send(self, item: OutboxItem) -> bool:
+        try:
+            resp = await self.client.room_send(
+                item.room_id,
+                "m.room.message",
+                item.content,
+                tx_id=item.txn_id,
+                ignore_unverified_devices=True,
+            )
+        except TRANSPORT_ERRORS as exc:
+            log.warning("sending to %s failed: %r", item.room_id, exc)
+            return False
+        if isinstance(resp, RoomSendResponse):
+            return True
+        log.warning("sending to %s failed: %s", item.room_id, resp)
+        return False
+
+    async def close(self) -> None:
+        await self.client.close()

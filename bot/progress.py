@@ -1,0 +1,205 @@
+"""Progress rules: which step is current, what done/skip/undo/goto change. Pure functions.
+
+A newcomer's progress is a snapshot (states per step id plus a "current" pointer). Every rule
+returns the `Change` it makes; the store persists changes as the append-only activity log and
+`apply` gives the snapshot after them, so a reply can be rendered without reading back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+
+from bot.roadmap import Roadmap, Section, Step
+
+
+class State(StrEnum):
+    PENDING = "pending"
+    LEARNING = "learning"
+    DONE = "done"
+    SKIPPED = "skipped"
+
+    @property
+    def finished(self) -> bool:
+        return self in (State.DONE, State.SKIPPED)
+
+
+class Action(StrEnum):
+    ENROLL = "enroll"
+    DONE = "done"
+    DOING = "doing"
+    SKIP = "skip"
+    UNDO = "undo"
+    GOTO = "goto"
+
+
+UNDOABLE = (Action.DONE, Action.SKIP)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of the activity log and the state change it stands for."""
+
+    action: Action
+    step_id: str | None
+    from_state: State | None
+    to_state: State | None
+    prev_current: str | None
+    new_current: str | None
+    undoes: int | None = None  # id of the activity entry an undo reverts
+
+
+@dataclass(frozen=True)
+class Undoable:
+    """The newest done/skip entry that has not been undone yet."""
+
+    entry_id: int
+    step_id: str
+    from_state: State
+    to_state: State
+    prev_current: str | None
+
+
+@dataclass(frozen=True)
+class Progress:
+    user_id: str
+    enrolled_at: datetime | None = None
+    current_id: str | None = None
+    states: Mapping[str, State] = field(default_factory=dict)
+    last_undoable: Undoable | None = None
+    last_activity_at: datetime | None = None
+
+    @property
+    def enrolled(self) -> bool:
+        return self.enrolled_at is not None
+
+    def state(self, step_id: str) -> State:
+        return self.states.get(step_id, State.PENDING)
+
+
+def current_step(roadmap: Roadmap, progress: Progress) -> Step | None:
+    """The pointer if it names a step of this roadmap, else the first unfinished step."""
+    pointed = roadmap.get(progress.current_id)
+    if pointed is not None:
+        return pointed
+    return next((s for s in roadmap if not progress.state(s.id).finished), None)
+
+
+def next_unfinished(roadmap: Roadmap, progress: Progress, after: Step | None) -> Step | None:
+    """The first unfinished step after `after`, wrapping round to the start; None when all are."""
+    steps = roadmap.steps
+    start = after.index + 1 if after is not None else 0
+    for step in steps[start:] + steps[:start]:
+        if not progress.state(step.id).finished:
+            return step
+    return None
+
+
+def is_finished(roadmap: Roadmap, progress: Progress) -> bool:
+    return all(progress.state(s.id).finished for s in roadmap)
+
+
+def enroll(roadmap: Roadmap, progress: Progress) -> Change | None:
+    if progress.enrolled:
+        return None
+    return Change(Action.ENROLL, None, None, None, None, roadmap.steps[0].id)
+
+
+def finish(roadmap: Roadmap, progress: Progress, step: Step, state: State) -> Change | None:
+    """Marks `step` done or skipped; the pointer moves on only if `step` was the current one."""
+    assert state.finished
+    before = progress.state(step.id)
+    if before == state:
+        return None
+    current = current_step(roadmap, progress)
+    after = apply(progress, Change(Action.DONE, step.id, before, state, None, None))
+    if current is None or current.id == step.id or after.state(current.id).finished:
+        nxt = next_unfinished(roadmap, after, step)
+        new_current = nxt.id if nxt else None
+    else:
+        new_current = current.id
+    action = Action.DONE if state == State.DONE else Action.SKIP
+    return Change(action, step.id, before, state, progress.current_id, new_current)
+
+
+def start_learning(roadmap: Roadmap, progress: Progress, step: Step) -> Change | None:
+    before = progress.state(step.id)
+    if before == State.LEARNING and progress.current_id == step.id:
+        return None
+    return Change(Action.DOING, step.id, before, State.LEARNING, progress.current_id, step.id)
+
+
+def goto(roadmap: Roadmap, progress: Progress, step: Step) -> Change | None:
+    if progress.current_id == step.id:
+        return None
+    before = progress.state(step.id)
+    return Change(Action.GOTO, step.id, before, before, progress.current_id, step.id)
+
+
+@dataclass(frozen=True)
+class UndoRefused:
+    reason: str
+
+
+def undo(progress: Progress) -> Change | UndoRefused:
+    last = progress.last_undoable
+    if last is None:
+        return UndoRefused("There is nothing to undo: no step has been marked done or skipped.")
+    now = progress.state(last.step_id)
+    if now != last.to_state:
+        return UndoRefused(
+            f"The last change can't be undone: that step is now {now}, not {last.to_state}."
+        )
+    return Change(
+        Action.UNDO,
+        last.step_id,
+        last.to_state,
+        last.from_state,
+        progress.current_id,
+        last.prev_current if last.prev_current is not None else last.step_id,
+        undoes=last.entry_id,
+    )
+
+
+def apply(progress: Progress, change: Change, at: datetime | None = None) -> Progress:
+    """The snapshot after `change` (the last-undoable entry is left for the store to recompute)."""
+    states = dict(progress.states)
+    if change.step_id is not None and change.to_state is not None:
+        states[change.step_id] = change.to_state
+    enrolled_at = progress.enrolled_at
+    if change.action == Action.ENROLL and enrolled_at is None:
+        enrolled_at = at or datetime.min
+    return replace(
+        progress,
+        enrolled_at=enrolled_at,
+        states=states,
+        current_id=change.new_current,
+        last_activity_at=at or progress.last_activity_at,
+    )
+
+
+@dataclass(frozen=True)
+class SectionProgress:
+    section: Section
+    done: int
+    skipped: int
+
+    @property
+    def total(self) -> int:
+        return len(self.section.steps)
+
+
+def section_progress(roadmap: Roadmap, progress: Progress) -> list[SectionProgress]:
+    out = []
+    for section in roadmap.sections:
+        states = [progress.state(s.id) for s in section.steps]
+        out.append(SectionProgress(section, states.count(State.DONE), states.count(State.SKIPPED)))
+    return out
+
+
+def totals(roadmap: Roadmap, progress: Progress) -> tuple[int, int, int]:
+    """(done, skipped, total) over the steps of this roadmap only."""
+    states = [progress.state(s.id) for s in roadmap]
+    return states.count(State.DONE), states.count(State.SKIPPED), len(states)

@@ -1,0 +1,113 @@
+"""Runs the bot as its own process, exactly as ops would: `python -m bot run --config PATH`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+READY = "first sync done; ready for commands"
+
+
+class BotProcess:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        homeserver: str,
+        user_id: str,
+        password: str,
+        mentors: list[str] | None = None,
+        admins: list[str] | None = None,
+        extra: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.user_id = user_id
+        self.config_path = workdir / "config.yaml"
+        self.log_path = workdir / "bot.log"
+        config: dict[str, Any] = {
+            "matrix": {
+                "homeserver": homeserver,
+                "user_id": user_id,
+                "password": password,
+                "device_name": "test-bot",
+            },
+            "storage": {"data_dir": "data"},
+            "roadmap": str(REPO / "roadmap.yaml"),
+            "people": {"mentors": mentors or [], "admins": admins or []},
+            "logging": {"level": "DEBUG"},
+        }
+        for key, value in (extra or {}).items():
+            if isinstance(value, dict):
+                config.setdefault(key, {}).update(value)
+            else:
+                config[key] = value
+        self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    async def start(self, timeout: float = 60.0) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "bot already running"
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child process owns it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bot", "run", "--config", str(self.config_path)],
+            cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+            start_new_session=True,
+        )
+        log.close()
+        await self.wait_for_log(READY, timeout)
+
+    async def wait_for_log(self, text: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log_text()[self._log_offset :]:
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(
+                    f"bot exited with {self.proc.returncode} before logging {text!r}:\n"
+                    + self.log_text()[-4000:]
+                )
+            await asyncio.sleep(0.05)
+        raise AssertionError(
+            f"bot did not log {text!r} within {timeout}s:\n{self.log_text()[-4000:]}"
+        )
+
+    async def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, as a container runtime would; returns the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.proc.poll() is None:
+            self.kill()
+            raise AssertionError(f"bot did not stop within {timeout}s of SIGTERM")
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()

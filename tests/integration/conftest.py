@@ -1,0 +1,65 @@
+"""Generic fixtures for integration tests: a real Synapse and matrix-nio people on it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from tests.harness import MakePerson, MakeSynapse, Person, Synapse
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def make_synapse(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[MakeSynapse]:
+    """Factory for extra, independent Synapse servers: ``await make_synapse(rc_message=...)``.
+
+    Every server it starts is stopped at the end of the session.
+    """
+    started: list[Synapse] = []
+
+    async def factory(*, rc_message: dict[str, float] | None = None) -> Synapse:
+        server = Synapse(tmp_path_factory.mktemp("synapse"), rc_message=rc_message)
+        started.append(server)
+        await server.start()
+        return server
+
+    yield factory
+    for server in reversed(started):
+        await server.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def synapse(make_synapse: MakeSynapse) -> Synapse:
+    """The session's shared Synapse (generous rate limits). Tests that stop it must restart it."""
+    return await make_synapse()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def make_person(
+    synapse: Synapse, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[MakePerson]:
+    """Factory for logged-in E2E users: ``await make_person("alice", admin=False, server=None)``.
+
+    The account is registered on first use (password ``<localpart>-password``); asking for
+    the same localpart again logs in a new device. Every Person is closed after the test.
+    """
+    people: list[Person] = []
+
+    async def factory(
+        localpart: str, *, admin: bool = False, server: Synapse | None = None
+    ) -> Person:
+        server = server or synapse
+        password = f"{localpart}-password"
+        user_id = server.mxid(localpart)
+        if server.password_of(user_id) is None:
+            await server.register(localpart, password, admin=admin)
+        person = await Person.login(
+            server.url, user_id, password, tmp_path_factory.mktemp(f"store-{localpart}")
+        )
+        people.append(person)
+        return person
+
+    yield factory
+    for person in people:
+        await person.close()
