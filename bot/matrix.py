@@ -240,7 +240,8 @@ class MatrixBot:
             return
         if not self._allowed(event.sender):
             log.warning(
-                "rejecting invite to %s from %s (server not allowed)", room.room_id, event.sender
+                "rejecting an invite: the inviter's server is not in bot.allowed_servers",
+                extra={"room": room.room_id, "sender": event.sender},
             )
             await self.client.room_leave(room.room_id)
             return
@@ -250,7 +251,7 @@ class MatrixBot:
             log.warning("could not join %s: %s", room.room_id, resp)
             return
         await self.store.set_room_joined(room.room_id, joined_ms)
-        log.info("joined %s on the invite of %s", room.room_id, event.sender)
+        log.info("joined on invite", extra={"room": room.room_id, "sender": event.sender})
         if self.config.bot.greeting:
             await self._greet(room.room_id, joined_ms)
 
@@ -291,7 +292,9 @@ class MatrixBot:
             Incoming(event.event_id, room.room_id, sender, event.body)
         )
         if item is not None:
-            log.info("answered a command", extra={"room": room.room_id, "sender": sender})
+            log.info(
+                "command handled, reply queued", extra={"room": room.room_id, "sender": sender}
+            )
 
     # --- sending --------------------------------------------------------------------------
 

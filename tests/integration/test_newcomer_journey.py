@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator
@@ -178,3 +179,29 @@ async def test_messages_sent_before_the_bot_joined_are_not_answered(
     greeting = await sam.reply(room, timeout=30)
     assert "onboarding mentor" in greeting.body
     await sam.no_more_replies(room, wait=3)
+
+
+async def test_invites_from_servers_not_allowed_are_declined(
+    synapse: Synapse, make_person: MakePerson, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    user_id = await synapse.register("strict-bot", "strict-password")
+    strict = BotProcess(
+        tmp_path_factory.mktemp("strict-bot"),
+        homeserver=synapse.url,
+        user_id=user_id,
+        password="strict-password",
+        extra={"bot": {"allowed_servers": ["example.org"]}},
+    )
+    await strict.start()
+    try:
+        tom = await make_person("tom")
+        room = await tom.create_room(invite=[user_id])
+        await strict.wait_for_log("rejecting an invite", timeout=30)
+        deadline = asyncio.get_running_loop().time() + 30
+        members = tom.client.rooms[room]
+        while user_id in members.invited_users and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+        assert user_id not in members.invited_users and user_id not in members.users
+        await tom.no_more_replies(room, wait=2)
+    finally:
+        strict.kill()
