@@ -8,11 +8,16 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 import yaml
+from apscheduler.triggers.cron import CronTrigger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bot import timeutil
 
 MXID = re.compile(r"^@[^:\s]+:[A-Za-z0-9.\-]+(:\d+)?$")
 ENV_PASSWORD = "ONBOARDING_BOT_PASSWORD"
@@ -68,6 +73,9 @@ class BotConfig(_Section):
     greeting: bool = True
     # Commands older than this are not answered (the bot was down far longer than anyone waits).
     max_event_age: str = "7d"
+    # Mentor answers (!status, !history, !team) in a room where non-mentors read along go to
+    # the mentor's direct chat instead, unless this is true.
+    mentor_commands_in_rooms: bool = False
 
     @field_validator("command_prefix")
     @classmethod
@@ -79,8 +87,94 @@ class BotConfig(_Section):
     @field_validator("max_event_age")
     @classmethod
     def _age(cls, value: str) -> str:
-        parse_duration(value)
+        timeutil.parse_duration(value)
         return value
+
+
+class RoomsConfig(_Section):
+    # The team room: where mentors are found by power level, digests and team nudges go.
+    team: str | None = None
+
+    @field_validator("team")
+    @classmethod
+    def _room(cls, value: str | None) -> str | None:
+        # Room ids carry no server name from room version 12 on; aliases always do.
+        if value is not None and not re.match(
+            r"^(#[^:\s]+:[A-Za-z0-9.\-]+(:\d+)?|![^\s]+)$", value
+        ):
+            raise ValueError(f"{value!r} must be a room alias like #team:example.org or an id")
+        return value
+
+
+def _check_crontab(value: str) -> str:
+    try:
+        CronTrigger.from_crontab(value)
+    except ValueError as exc:
+        raise ValueError(
+            f"{value!r} is not a 5-field crontab expression like '0 10 * * mon-fri' ({exc})"
+        ) from None
+    return value
+
+
+def _check_timezone(value: str) -> str:
+    timeutil.parse_timezone(value)
+    return value
+
+
+class NudgesConfig(_Section):
+    enabled: bool = True
+    schedule: str = "0 10 * * mon-fri"
+    timezone: str = "UTC"
+    idle_after: str = "3d"
+    target: Literal["dm", "team"] = "dm"
+    escalate_after: int = Field(default=3, ge=1, le=100)
+    working_days: list[str] = Field(default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"])
+    quiet_hours: str | None = "20:00-08:00"
+
+    _schedule = field_validator("schedule")(_check_crontab)
+    _tz = field_validator("timezone")(_check_timezone)
+
+    @field_validator("idle_after")
+    @classmethod
+    def _idle(cls, value: str) -> str:
+        timeutil.parse_duration(value)
+        return value
+
+    @field_validator("working_days")
+    @classmethod
+    def _days(cls, value: list[str]) -> list[str]:
+        timeutil.parse_working_days(value)
+        return value
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet(cls, value: str | None) -> str | None:
+        timeutil.parse_quiet_hours(value)
+        return value
+
+    @property
+    def idle_delta(self) -> timedelta:
+        return timeutil.parse_duration(self.idle_after)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return timeutil.parse_timezone(self.timezone)
+
+    @property
+    def working_day_set(self) -> frozenset[int]:
+        return timeutil.parse_working_days(self.working_days)
+
+    @property
+    def quiet(self) -> timeutil.QuietHours | None:
+        return timeutil.parse_quiet_hours(self.quiet_hours)
+
+
+class DigestConfig(_Section):
+    schedule: str = "0 9 * * mon"
+    timezone: str = "UTC"
+
+    _schedule = field_validator("schedule")(_check_crontab)
+    _tz = field_validator("timezone")(_check_timezone)
 
 
 class PeopleConfig(_Section):
@@ -104,6 +198,9 @@ class Config(_Section):
     roadmap: Path = Path("roadmap.yaml")
     bot: BotConfig = Field(default_factory=BotConfig)
     people: PeopleConfig = Field(default_factory=PeopleConfig)
+    rooms: RoomsConfig = Field(default_factory=RoomsConfig)
+    nudges: NudgesConfig = Field(default_factory=NudgesConfig)
+    digest: DigestConfig | None = None
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @property
@@ -113,18 +210,6 @@ class Config(_Section):
     @property
     def database_path(self) -> Path:
         return self.storage.data_dir / "bot.db"
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(value: str) -> float:
-    """'30s', '45m', '12h', '3d', '1w' -> seconds."""
-    match = _DURATION.match(str(value))
-    if not match:
-        raise ValueError(f"{value!r} is not a duration like 30s, 45m, 12h, 3d or 1w")
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 def _describe(error: Mapping[str, Any]) -> str:

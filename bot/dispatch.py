@@ -1,28 +1,31 @@
-"""From an incoming message to a queued reply: parse, authorise, run the command, commit.
+"""From an incoming message to queued replies: parse, authorise, run the command, commit.
 
 Knows nothing of Matrix transport: the adapter hands it plain `Incoming` messages and sends
-the `OutboxItem` it returns. Everything a command changes and its reply are committed together.
+what the store queued. Everything a command changes and its messages are committed together.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from bot import progress as rules
 from bot.commands.registry import (
     MAX_COMMAND_LENGTH,
+    Command,
     CommandSet,
     Ctx,
     Outcome,
     Role,
+    Services,
     invoke,
     parse,
     unknown_command_reply,
 )
+from bot.ops import Send
 from bot.render import Code, Reply, text
 from bot.roadmap import Roadmap
 from bot.store import OutboxItem, Store
@@ -34,17 +37,22 @@ class Incoming:
     room_id: str
     sender: str
     body: str
+    formatted_body: str | None = None
+    is_direct: bool = False  # only the sender and the bot are in the room
 
 
 @dataclass(frozen=True)
 class People:
+    """Roles from the config; mentors may also be found by power level in the team room."""
+
     mentors: frozenset[str] = frozenset()
     admins: frozenset[str] = frozenset()
+    power_level: Callable[[str], int] = field(default=lambda _user: 0)
 
     def role_of(self, user_id: str) -> Role:
         if user_id in self.admins:
             return Role.ADMIN
-        if user_id in self.mentors:
+        if user_id in self.mentors or self.power_level(user_id) >= 50:
             return Role.MENTOR
         return Role.NEWCOMER
 
@@ -71,50 +79,80 @@ class Dispatcher:
         commands: CommandSet,
         store: Store,
         people: People,
+        services: Services,
         prefix: str,
+        mentor_commands_in_rooms: bool = False,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.roadmap = roadmap
         self.commands = commands
         self.store = store
         self.people = people
+        self.services = services
         self.prefix = prefix
+        self.mentor_commands_in_rooms = mentor_commands_in_rooms
         self.clock = clock
 
     def is_command(self, body: str) -> bool:
         return parse(body[: MAX_COMMAND_LENGTH + 1], self.prefix) is not None
 
-    async def handle(self, msg: Incoming) -> OutboxItem | None:
+    async def handle(self, msg: Incoming) -> list[OutboxItem] | None:
         """Runs one command; None when the text is no command or was handled before."""
         parsed = parse(msg.body, self.prefix)
-        if parsed is None:
-            return None
-        if await self.store.was_handled(msg.event_id):
+        if parsed is None or await self.store.was_handled(msg.event_id):
             return None
         now = self.clock()
-        outcome = await self._run(msg, parsed.name, parsed.args, now)
-        return await self.store.commit_command(
+        cmd = self.commands.get(parsed.name)
+        outcome, finished = await self._run(msg, cmd, parsed.name, parsed.args, now)
+        reply = reply_content(outcome.reply, msg.event_id)
+        txn = reply_txn_id(msg.event_id)
+        first: list[tuple[str, Send]] = [(txn, Send("reply", reply, room_id=msg.room_id))]
+        if cmd is not None and cmd.private and not (msg.is_direct or self.mentor_commands_in_rooms):
+            # Others read this room: the answer goes to the mentor's direct chat instead.
+            note = text("I've sent you the answer in our direct chat, where only you can read it.")
+            first = [
+                (txn, Send("reply", reply_content(note, msg.event_id), room_id=msg.room_id)),
+                (
+                    f"{txn}-private",
+                    Send("private", reply_content(outcome.reply, None), to_user=msg.sender),
+                ),
+            ]
+        more = [(f"{txn}-{send.key}", send) for send in outcome.messages]
+        items = await self.store.commit_command(
             event_id=msg.event_id,
             room_id=msg.room_id,
             sender=msg.sender,
             changes=outcome.changes,
-            reply_txn_id=reply_txn_id(msg.event_id),
-            reply=reply_content(outcome.reply, msg.event_id),
+            ops=outcome.ops,
+            messages=first + more,
             at=now,
+            finished=finished,
         )
+        if items is not None and outcome.new_roadmap is not None:
+            await self._swap_roadmap(outcome.new_roadmap, now)
+        return items
 
-    async def _run(self, msg: Incoming, name: str, args: str, now: datetime) -> Outcome:
+    async def _swap_roadmap(self, roadmap: Roadmap, now: datetime) -> None:
+        self.roadmap = roadmap
+        finished = {}
+        for user_id in await self.store.known_users():
+            progress = await self.store.load_progress(user_id)
+            finished[user_id] = rules.is_finished(roadmap, progress)
+        await self.store.set_finished(finished, now)
+
+    async def _run(
+        self, msg: Incoming, cmd: Command | None, name: str, args: str, now: datetime
+    ) -> tuple[Outcome, bool | None]:
         if len(msg.body) > MAX_COMMAND_LENGTH:
             return Outcome(
                 text(
                     f"That message is too long for a command (over {MAX_COMMAND_LENGTH} "
                     "characters); I have ignored it."
                 )
-            )
+            ), None
         role = self.people.role_of(msg.sender)
-        cmd = self.commands.get(name)
         if cmd is None:
-            return Outcome(unknown_command_reply(self.commands, name, role, self.prefix))
+            return Outcome(unknown_command_reply(self.commands, name, role, self.prefix)), None
         if cmd.role > role:
             return Outcome(
                 text(
@@ -122,7 +160,7 @@ class Dispatcher:
                     Code(f"{self.prefix}help"),
                     " for the commands you can use.",
                 )
-            )
+            ), None
         progress = await self.store.load_progress(msg.sender)
         enrolled: tuple[rules.Change, ...] = ()
         if cmd.enrolls:
@@ -139,6 +177,14 @@ class Dispatcher:
             role=role,
             progress=progress,
             commands=self.commands,
+            services=self.services,
+            formatted_body=msg.formatted_body,
         )
         outcome = await invoke(cmd, ctx, args)
-        return replace(outcome, changes=enrolled + outcome.changes)
+        finished = None
+        if outcome.changes and progress.enrolled:
+            after = progress
+            for change in outcome.changes:
+                after = rules.apply(after, change, now)
+            finished = rules.is_finished(self.roadmap, after)
+        return replace(outcome, changes=enrolled + outcome.changes), finished

@@ -28,7 +28,10 @@ from nio import (
     LocalProtocolError,
     LoginResponse,
     MatrixRoom,
+    RoomCreateResponse,
     RoomMessageText,
+    RoomPreset,
+    RoomResolveAliasResponse,
     RoomSendResponse,
     SendRetryError,
     SyncError,
@@ -36,10 +39,12 @@ from nio import (
     WhoamiResponse,
 )
 
-from bot.config import Config, parse_duration
+from bot.config import Config
 from bot.dispatch import Dispatcher, Incoming
+from bot.ops import Send
 from bot.render import Code, Message
 from bot.store import OutboxItem, Store
+from bot.timeutil import parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +113,14 @@ class MatrixBot:
                 request_timeout=45,
             ),
         )
-        self.max_event_age_ms = int(parse_duration(config.bot.max_event_age) * 1000)
+        self.max_event_age_ms = int(parse_duration(config.bot.max_event_age).total_seconds() * 1000)
         self.last_sync_ok: float | None = None
         self._first_start_ms = 0
         self._stopping = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._direct: dict[str, str] = {}
+        self.team_room_id: str | None = None
+        self.synced = asyncio.Event()
         self.client.add_event_callback(self._on_invite, InviteMemberEvent)
         self.client.add_event_callback(self._on_message, RoomMessageText)
 
@@ -204,6 +213,7 @@ class MatrixBot:
             backoff.reset()
             if full_state:
                 log.info("first sync done; ready for commands")
+                self.synced.set()
             full_state = False
             token = resp.next_batch
             await self.store.set_value(SYNC_TOKEN_KEY, token)
@@ -267,8 +277,10 @@ class MatrixBot:
             .reply()
         )
         txn = "greet-" + hashlib.sha256(f"{room_id}/{joined_ms}".encode()).hexdigest()[:32]
-        await self.store.queue_message(
-            txn_id=txn, room_id=room_id, content=reply.content(), at=datetime.now(UTC)
+        await self.store.commit_job(
+            ops=(),
+            messages=[(txn, Send("greeting", reply.content(), room_id=room_id))],
+            at=datetime.now(UTC),
         )
 
     async def _on_message(self, room: MatrixRoom, event: RoomMessageText) -> None:
@@ -288,10 +300,21 @@ class MatrixBot:
         ):
             log.debug("ignoring old event %s in %s", event.event_id, room.room_id)
             return
-        item = await self.dispatcher.handle(
-            Incoming(event.event_id, room.room_id, sender, event.body)
+        is_direct = room.member_count == 2
+        if is_direct and self._direct.get(sender) != room.room_id:
+            await self.store.set_direct_room(sender, room.room_id)
+            self._direct[sender] = room.room_id
+        items = await self.dispatcher.handle(
+            Incoming(
+                event.event_id,
+                room.room_id,
+                sender,
+                event.body,
+                formatted_body=content.get("formatted_body"),
+                is_direct=is_direct,
+            )
         )
-        if item is not None:
+        if items is not None:
             log.info(
                 "command handled, reply queued", extra={"room": room.room_id, "sender": sender}
             )
@@ -300,9 +323,16 @@ class MatrixBot:
 
     async def flush_outbox(self) -> None:
         """Sends every queued message, oldest first; what fails stays queued for next time."""
+        async with self._flush_lock:
+            await self._flush()
+
+    async def _flush(self) -> None:
         for item in await self.store.outbox():
+            if item.room_id is None and item.to_user is not None:
+                await self._open_direct_chat(item.id, item.to_user)
+                continue  # the new room arrives with the next sync
             if item.room_id not in self.client.rooms:
-                continue  # not synced yet (just joined): the next sync brings it
+                continue  # not synced yet (just joined or created): the next sync brings it
             if await self._send(item):
                 await self.store.outbox_sent(item.id)
             elif item.attempts + 1 >= MAX_SEND_ATTEMPTS:
@@ -315,6 +345,64 @@ class MatrixBot:
                 await self.store.outbox_sent(item.id)
             else:
                 await self.store.outbox_failed(item.id)
+
+    async def _open_direct_chat(self, item_id: int, user_id: str) -> None:
+        """Finds the direct chat with `user_id`, or makes one (encrypted, as Element would)."""
+        room_id = await self.store.direct_room(user_id)
+        if room_id is None or room_id not in self.client.rooms:
+            initial_state = []
+            if self.config.matrix.encryption:
+                initial_state.append(
+                    {
+                        "type": "m.room.encryption",
+                        "state_key": "",
+                        "content": {"algorithm": "m.megolm.v1.aes-sha2"},
+                    }
+                )
+            try:
+                resp = await self.client.room_create(
+                    is_direct=True,
+                    invite=[user_id],
+                    preset=RoomPreset.trusted_private_chat,
+                    initial_state=initial_state,
+                )
+            except TRANSPORT_ERRORS as exc:
+                log.warning("could not open a direct chat with %s: %r", user_id, exc)
+                return
+            if not isinstance(resp, RoomCreateResponse):
+                log.warning("could not open a direct chat with %s: %s", user_id, resp)
+                return
+            room_id = resp.room_id
+            await self.store.set_room_joined(room_id, int(time.time() * 1000))
+            log.info("opened a direct chat", extra={"room": room_id, "sender": user_id})
+        self._direct[user_id] = room_id
+        await self.store.outbox_set_room(item_id, user_id, room_id)
+
+    # --- the team room ----------------------------------------------------------------------
+
+    async def join_team_room(self) -> None:
+        """Resolves and joins rooms.team, where mentors are found by power level."""
+        team = self.config.rooms.team
+        if team is None:
+            return
+        room_id = team
+        if team.startswith("#"):
+            resp = await self.client.room_resolve_alias(team)
+            if not isinstance(resp, RoomResolveAliasResponse):
+                log.error("rooms.team: cannot resolve %s: %s", team, resp)
+                return
+            room_id = resp.room_id
+        self.team_room_id = room_id
+        if room_id not in self.client.rooms:
+            resp = await self.client.join(room_id)
+            if getattr(resp, "room_id", None) != room_id:
+                log.error("rooms.team: cannot join %s (invite the bot first): %s", team, resp)
+                return
+            await self.store.set_room_joined(room_id, int(time.time() * 1000))
+
+    def power_level(self, user_id: str) -> int:
+        room = self.client.rooms.get(self.team_room_id or "")
+        return room.power_levels.get_user_level(user_id) if room else 0
 
     async def _send(self, item: OutboxItem) -> bool:
         try:

@@ -70,6 +70,8 @@ class Progress:
     states: Mapping[str, State] = field(default_factory=dict)
     last_undoable: Undoable | None = None
     last_activity_at: datetime | None = None
+    mentor: str | None = None
+    timezone: str | None = None
 
     @property
     def enrolled(self) -> bool:
@@ -203,3 +205,36 @@ def totals(roadmap: Roadmap, progress: Progress) -> tuple[int, int, int]:
     """(done, skipped, total) over the steps of this roadmap only."""
     states = [progress.state(s.id) for s in roadmap]
     return states.count(State.DONE), states.count(State.SKIPPED), len(states)
+
+
+@dataclass(frozen=True)
+class ActivityEntry:
+    """One row of the append-only activity log."""
+
+    id: int
+    user_id: str
+    actor: str
+    action: str
+    step_id: str | None
+    from_state: str | None
+    to_state: str | None
+    at: datetime
+
+
+@dataclass(frozen=True)
+class NewcomerInfo:
+    """One newcomer as mentors see them; done/skipped count only the given roadmap's steps."""
+
+    user_id: str
+    enrolled_at: datetime
+    current_step: str | None
+    last_activity_at: datetime
+    mentor: str | None
+    paused_until: datetime | None
+    timezone: str | None
+    finished_at: datetime | None
+    last_nudged_at: datetime | None
+    nudges_in_row: int
+    nudges_total: int
+    done: int
+    skipped: int

@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from bot.progress import Progress, State, current_step, section_progress, totals
 from bot.roadmap import Resource, Roadmap, Step
@@ -43,7 +44,14 @@ class Link:
     url: str
 
 
-Inline = str | Bold | Code | Link
+@dataclass(frozen=True)
+class Mention:
+    """A user pill: a matrix.to link in HTML, the bare user id in plain text."""
+
+    user_id: str
+
+
+Inline = str | Bold | Code | Link | Mention
 
 
 def _plain(parts: Sequence[Inline]) -> str:
@@ -51,6 +59,8 @@ def _plain(parts: Sequence[Inline]) -> str:
     for part in parts:
         if isinstance(part, Link):
             out.append(f"{part.text} <{part.url}>")
+        elif isinstance(part, Mention):
+            out.append(part.user_id)
         elif isinstance(part, Bold | Code):
             out.append(part.text)
         else:
@@ -63,6 +73,9 @@ def _html(parts: Sequence[Inline]) -> str:
     for part in parts:
         if isinstance(part, Link):
             out.append(f'<a href="{html.escape(part.url)}">{html.escape(part.text)}</a>')
+        elif isinstance(part, Mention):
+            url = "https://matrix.to/#/" + quote(part.user_id, safe="@:")
+            out.append(f'<a href="{html.escape(url)}">{html.escape(part.user_id)}</a>')
         elif isinstance(part, Bold):
             out.append(f"<strong>{html.escape(part.text)}</strong>")
         elif isinstance(part, Code):
@@ -96,6 +109,21 @@ class Message:
         if items:
             self._plain.extend(f"{n}. {_plain(item)}" for n, item in enumerate(items, 1))
             self._html.append("<ol>" + "".join(f"<li>{_html(i)}</li>" for i in items) + "</ol>")
+        return self
+
+    def table(self, headers: Sequence[str], rows: Iterable[Sequence[Inline]]) -> Message:
+        """A real HTML table; in plain text, columns padded to line up."""
+        rows = [list(r) for r in rows]
+        plain = [list(headers)] + [[_plain([c]) for c in r] for r in rows]
+        widths = [max(len(r[i]) for r in plain) for i in range(len(headers))]
+        self._plain.extend(
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in plain
+        )
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{_html([c])}</td>" for c in r) + "</tr>" for r in rows
+        )
+        self._html.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         return self
 
     def reply(self) -> Reply:

@@ -18,7 +18,17 @@ from typing import Any
 
 import aiosqlite
 
-from bot.progress import Action, Change, Progress, State, Undoable
+from bot.nudges import Candidate
+from bot.ops import Op, RecordNudge, Send, SetMentor, SetPause, SetTimezone
+from bot.progress import (
+    Action,
+    ActivityEntry,
+    Change,
+    NewcomerInfo,
+    Progress,
+    State,
+    Undoable,
+)
 
 Migration = Callable[[aiosqlite.Connection], Awaitable[None]]
 
@@ -100,29 +110,62 @@ async def _v1(db: aiosqlite.Connection) -> None:
     )
 
 
+async def _v2(db: aiosqlite.Connection) -> None:
+    """Mentors, pauses, time zones, nudges; outbox messages may address a user's direct chat."""
+    await _script(
+        db,
+        """
+        ALTER TABLE newcomers ADD COLUMN mentor TEXT;
+        ALTER TABLE newcomers ADD COLUMN paused_until TEXT;
+        ALTER TABLE newcomers ADD COLUMN timezone TEXT;
+        ALTER TABLE newcomers ADD COLUMN finished_at TEXT;
+        ALTER TABLE newcomers ADD COLUMN last_nudged_at TEXT;
+        ALTER TABLE newcomers ADD COLUMN nudges_in_row INTEGER NOT NULL DEFAULT 0;
+        -- The nudge sweep reads only unfinished newcomers, oldest activity first.
+        CREATE INDEX newcomers_idle ON newcomers (last_activity_at) WHERE finished_at IS NULL;
+        CREATE TABLE nudges (
+            id       INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id  TEXT NOT NULL REFERENCES newcomers(user_id),
+            kind     TEXT NOT NULL CHECK (kind IN ('nudge', 'escalation')),
+            step_id  TEXT,
+            actor    TEXT NOT NULL,
+            sent_at  TEXT NOT NULL
+        );
+        CREATE INDEX nudges_by_user ON nudges (user_id, id);
+        CREATE TABLE direct_rooms (
+            user_id TEXT PRIMARY KEY,
+            room_id TEXT NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE outbox_v2 (
+            id         INTEGER PRIMARY KEY AUTOINCREMENT,
+            txn_id     TEXT NOT NULL UNIQUE,
+            room_id    TEXT,
+            to_user    TEXT,
+            content    TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            attempts   INTEGER NOT NULL DEFAULT 0,
+            CHECK (room_id IS NOT NULL OR to_user IS NOT NULL)
+        );
+        INSERT INTO outbox_v2 (id, txn_id, room_id, content, created_at, attempts)
+            SELECT id, txn_id, room_id, content, created_at, attempts FROM outbox;
+        DROP TABLE outbox;
+        ALTER TABLE outbox_v2 RENAME TO outbox
+        """,
+    )
+
+
 # Applied in order at start; the database's PRAGMA user_version is the count applied so far.
-MIGRATIONS: tuple[Migration, ...] = (_v1,)
+MIGRATIONS: tuple[Migration, ...] = (_v1, _v2)
 
 
 @dataclass(frozen=True)
 class OutboxItem:
     id: int
     txn_id: str
-    room_id: str
+    room_id: str | None  # None until the direct chat with `to_user` is found or made
     content: dict[str, Any]
     attempts: int = 0
-
-
-@dataclass(frozen=True)
-class ActivityEntry:
-    id: int
-    user_id: str
-    actor: str
-    action: str
-    step_id: str | None
-    from_state: str | None
-    to_state: str | None
-    at: datetime
+    to_user: str | None = None
 
 
 class Store:
@@ -222,6 +265,8 @@ class Store:
             states=states,
             last_undoable=undoable,
             last_activity_at=parse_ts(row["last_activity_at"]),
+            mentor=row["mentor"],
+            timezone=row["timezone"],
         )
 
     async def _apply(
@@ -298,13 +343,15 @@ class Store:
         room_id: str,
         sender: str,
         changes: Iterable[Change],
-        reply_txn_id: str,
-        reply: dict[str, Any],
+        ops: Iterable[Op] = (),
+        messages: Iterable[tuple[str, Send]],
         at: datetime,
-    ) -> OutboxItem | None:
-        """Records the event as handled, applies its changes and queues its reply, atomically.
+        finished: bool | None = None,
+    ) -> list[OutboxItem] | None:
+        """Records the event as handled, applies its changes and queues its messages, atomically.
 
-        Returns None (and changes nothing) if the event was handled already.
+        The first message is the reply. Returns None (and changes nothing) if the event was
+        handled already. Any command from an enrolled newcomer counts as activity.
         """
         when = ts(at)
         async with self._transaction() as db:
@@ -317,35 +364,102 @@ class Store:
                 return None
             for change in changes:
                 await self._apply(sender, sender, change, event_id, when)
-            cur = await db.execute(
-                "INSERT INTO outbox (txn_id, room_id, content, created_at) VALUES (?, ?, ?, ?)",
-                (reply_txn_id, room_id, json.dumps(reply), when),
+            await db.execute(
+                "UPDATE newcomers SET last_activity_at = ?, nudges_in_row = 0 WHERE user_id = ?",
+                (when, sender),
             )
-            assert cur.lastrowid is not None
-            return OutboxItem(cur.lastrowid, reply_txn_id, room_id, reply)
+            if finished is not None:
+                await db.execute(
+                    "UPDATE newcomers SET finished_at = CASE WHEN ? THEN "
+                    "coalesce(finished_at, ?) ELSE NULL END WHERE user_id = ?",
+                    (finished, when, sender),
+                )
+            for op in ops:
+                await self._apply_op(op, when)
+            queued = [await self._queue(txn_id, send, when) for txn_id, send in messages]
+        return [item for item in queued if item is not None]
 
-    async def queue_message(
-        self, *, txn_id: str, room_id: str, content: dict[str, Any], at: datetime
-    ) -> OutboxItem | None:
-        """Queues a message that answers no command (a greeting); None if already queued."""
-        async with self._transaction() as db:
-            cur = await db.execute(
-                "INSERT OR IGNORE INTO outbox (txn_id, room_id, content, created_at) "
-                "VALUES (?, ?, ?, ?)",
-                (txn_id, room_id, json.dumps(content), ts(at)),
-            )
-            if cur.rowcount == 0 or cur.lastrowid is None:
-                return None
-            return OutboxItem(cur.lastrowid, txn_id, room_id, content)
+    async def commit_job(
+        self, *, ops: Iterable[Op], messages: Iterable[tuple[str, Send]], at: datetime
+    ) -> list[OutboxItem]:
+        """A scheduled job's writes and messages, atomically; a message queued before is skipped."""
+        when = ts(at)
+        async with self._transaction():
+            for op in ops:
+                await self._apply_op(op, when)
+            queued = [await self._queue(txn_id, send, when) for txn_id, send in messages]
+        return [item for item in queued if item is not None]
+
+    async def _queue(self, txn_id: str, send: Send, when: str) -> OutboxItem | None:
+        room_id = send.room_id
+        if room_id is None and send.to_user is not None:
+            room_id = await self._direct_room(send.to_user)
+        cur = await self._db.execute(
+            "INSERT INTO outbox (txn_id, room_id, to_user, content, created_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (txn_id) DO NOTHING",
+            (txn_id, room_id, send.to_user, json.dumps(send.content), when),
+        )
+        if not cur.rowcount or cur.lastrowid is None:
+            return None  # queued before: the same job or command ran twice
+        return OutboxItem(cur.lastrowid, txn_id, room_id, send.content, 0, send.to_user)
+
+    async def _apply_op(self, op: Op, when: str) -> None:
+        db = self._db
+        match op:
+            case SetMentor(user_id, mentor):
+                await db.execute(
+                    "UPDATE newcomers SET mentor = ? WHERE user_id = ?", (mentor, user_id)
+                )
+            case SetPause(user_id, until):
+                await db.execute(
+                    "UPDATE newcomers SET paused_until = ? WHERE user_id = ?",
+                    (ts(until) if until else None, user_id),
+                )
+            case SetTimezone(user_id, timezone):
+                await db.execute(
+                    "UPDATE newcomers SET timezone = ? WHERE user_id = ?", (timezone, user_id)
+                )
+            case RecordNudge(user_id, kind, step_id, actor):
+                await db.execute(
+                    "INSERT INTO nudges (user_id, kind, step_id, actor, sent_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (user_id, kind, step_id, actor, when),
+                )
+                if kind == "nudge":
+                    await db.execute(
+                        "UPDATE newcomers SET last_nudged_at = ?, "
+                        "nudges_in_row = nudges_in_row + 1 WHERE user_id = ?",
+                        (when, user_id),
+                    )
 
     async def outbox(self) -> list[OutboxItem]:
         rows = await self._all(
-            "SELECT id, txn_id, room_id, content, attempts FROM outbox ORDER BY id"
+            "SELECT id, txn_id, room_id, to_user, content, attempts FROM outbox ORDER BY id"
         )
         return [
-            OutboxItem(r["id"], r["txn_id"], r["room_id"], json.loads(r["content"]), r["attempts"])
+            OutboxItem(
+                r["id"],
+                r["txn_id"],
+                r["room_id"],
+                json.loads(r["content"]),
+                r["attempts"],
+                r["to_user"],
+            )
             for r in rows
         ]
+
+    async def outbox_set_room(self, item_id: int, user_id: str, room_id: str) -> None:
+        """The direct chat with `user_id` is `room_id`: remember it and address the message."""
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO direct_rooms (user_id, room_id) VALUES (?, ?) "
+                "ON CONFLICT (user_id) DO UPDATE SET room_id = excluded.room_id",
+                (user_id, room_id),
+            )
+            await db.execute(
+                "UPDATE outbox SET room_id = ? WHERE to_user = ? AND room_id IS NULL",
+                (room_id, user_id),
+            )
 
     async def outbox_sent(self, item_id: int) -> None:
         async with self._transaction() as db:
@@ -373,6 +487,119 @@ class Store:
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, value),
             )
+
+    async def _direct_room(self, user_id: str) -> str | None:
+        row = await self._one("SELECT room_id FROM direct_rooms WHERE user_id = ?", (user_id,))
+        return row["room_id"] if row else None
+
+    async def direct_room(self, user_id: str) -> str | None:
+        return await self._direct_room(user_id)
+
+    async def set_direct_room(self, user_id: str, room_id: str) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO direct_rooms (user_id, room_id) VALUES (?, ?) "
+                "ON CONFLICT (user_id) DO UPDATE SET room_id = excluded.room_id",
+                (user_id, room_id),
+            )
+
+    async def forget_direct_room(self, room_id: str) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM direct_rooms WHERE room_id = ?", (room_id,))
+
+    # --- mentors' views ---------------------------------------------------------------------
+
+    async def known_users(self) -> list[str]:
+        return [r["user_id"] for r in await self._all("SELECT user_id FROM newcomers")]
+
+    async def newcomers(
+        self, step_ids: Iterable[str], user_id: str | None = None
+    ) -> list[NewcomerInfo]:
+        """Every enrolled newcomer (or one), with done/skipped counted over `step_ids`."""
+        ids = json.dumps(list(step_ids))
+        rows = await self._all(
+            """
+            SELECT n.*,
+              (SELECT count(*) FROM nudges u WHERE u.user_id = n.user_id AND u.kind = 'nudge')
+                AS nudges_total,
+              (SELECT count(*) FROM progress p WHERE p.user_id = n.user_id AND p.state = 'done'
+                 AND p.step_id IN (SELECT value FROM json_each(?))) AS done,
+              (SELECT count(*) FROM progress p WHERE p.user_id = n.user_id
+                 AND p.state = 'skipped' AND p.step_id IN (SELECT value FROM json_each(?)))
+                AS skipped
+            FROM newcomers n WHERE (? IS NULL OR n.user_id = ?)
+            """,
+            (ids, ids, user_id, user_id),
+        )
+        return [
+            NewcomerInfo(
+                user_id=r["user_id"],
+                enrolled_at=datetime.fromisoformat(r["enrolled_at"]),
+                current_step=r["current_step"],
+                last_activity_at=datetime.fromisoformat(r["last_activity_at"]),
+                mentor=r["mentor"],
+                paused_until=parse_ts(r["paused_until"]),
+                timezone=r["timezone"],
+                finished_at=parse_ts(r["finished_at"]),
+                last_nudged_at=parse_ts(r["last_nudged_at"]),
+                nudges_in_row=r["nudges_in_row"],
+                nudges_total=r["nudges_total"],
+                done=r["done"],
+                skipped=r["skipped"],
+            )
+            for r in rows
+        ]
+
+    async def nudge_candidates(self, now: datetime, idle_cutoff: datetime) -> list[Candidate]:
+        """Unfinished, unpaused newcomers idle and un-nudged since `idle_cutoff`: one query.
+
+        Wall-clock idleness is necessary for working-time idleness, so the caller only has
+        to refine this short list (working days, quiet hours, each newcomer's time zone).
+        """
+        rows = await self._all(
+            """
+            SELECT user_id, current_step, last_activity_at, last_nudged_at, timezone, mentor,
+                   nudges_in_row
+            FROM newcomers
+            WHERE finished_at IS NULL AND last_activity_at <= ?
+              AND (last_nudged_at IS NULL OR last_nudged_at <= ?)
+              AND (paused_until IS NULL OR paused_until <= ?)
+            ORDER BY last_activity_at
+            """,
+            (ts(idle_cutoff), ts(idle_cutoff), ts(now)),
+        )
+        return [
+            Candidate(
+                r["user_id"],
+                r["current_step"],
+                datetime.fromisoformat(r["last_activity_at"]),
+                parse_ts(r["last_nudged_at"]),
+                r["timezone"],
+                r["mentor"],
+                r["nudges_in_row"],
+            )
+            for r in rows
+        ]
+
+    async def set_finished(self, finished: dict[str, bool], at: datetime) -> None:
+        """After a roadmap reload: who counts as finished may have changed."""
+        async with self._transaction() as db:
+            for user_id, done in finished.items():
+                await db.execute(
+                    "UPDATE newcomers SET finished_at = CASE WHEN ? THEN "
+                    "coalesce(finished_at, ?) ELSE NULL END WHERE user_id = ?",
+                    (done, ts(at), user_id),
+                )
+
+    async def progress_since(self, since: datetime) -> dict[str, int]:
+        """Steps marked done per newcomer since `since` (for the weekly digest)."""
+        rows = await self._all(
+            "SELECT user_id, count(*) AS n FROM activity WHERE action = 'done' AND at >= ? "
+            "AND id NOT IN (SELECT undoes FROM activity WHERE undoes IS NOT NULL) "
+            "GROUP BY user_id",
+            (ts(since),),
+        )
+        return {r["user_id"]: r["n"] for r in rows}
 
     async def room_joined_at(self, room_id: str) -> int | None:
         row = await self._one("SELECT joined_at_ms FROM rooms WHERE room_id = ?", (room_id,))

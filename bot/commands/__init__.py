@@ -1,8 +1,8 @@
 """Every command the bot knows, gathered from the modules that declare them."""
 
-from bot.commands import newcomer
+from bot.commands import mentor, newcomer
 from bot.commands.registry import CommandSet
 
 
 def all_commands() -> CommandSet:
-    return CommandSet().extend(newcomer.commands)
+    return CommandSet().extend(newcomer.commands).extend(mentor.commands)

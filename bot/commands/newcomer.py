@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from bot import progress as rules
 from bot.commands.registry import Arg, ArgKind, CommandSet, Ctx, Outcome, help_reply
+from bot.nudges import finished_message, pill
+from bot.ops import PAUSED_FOREVER, Send, SetPause, SetTimezone
 from bot.progress import Change, State, UndoRefused, current_step, is_finished
 from bot.render import (
     Bold,
@@ -17,6 +21,7 @@ from bot.render import (
     text,
 )
 from bot.roadmap import Step
+from bot.timeutil import format_duration
 
 commands = CommandSet()
 STEP = Arg("step", ArgKind.STEP)
@@ -76,7 +81,14 @@ def _finish(ctx: Ctx, step: Step | None, state: State, verb: str) -> Outcome:
     lead = Message().line(f"{verb} ", Bold(f"{step.number} {step.title}"), ".")
     if is_finished(ctx.roadmap, after) and not is_finished(ctx.roadmap, ctx.progress):
         lead.line("That was the last step. Congratulations on finishing the roadmap! 🎉")
-        return Outcome(lead.reply(), (change,))
+        mentor = ctx.progress.mentor
+        tell = [mentor] if mentor else sorted(ctx.services.mentors)
+        content = finished_message(ctx.sender, ctx.roadmap)
+        return Outcome(
+            lead.reply(),
+            (change,),
+            messages=tuple(Send(f"finished-{m}", content, to_user=m) for m in tell),
+        )
     lead.line("Next up:")
     return _after(ctx, change, lead)
 
@@ -126,3 +138,59 @@ def progress(ctx: Ctx) -> Outcome:
 @commands.command("roadmap", "every section and step, with where you stand", aliases=("steps",))
 def roadmap(ctx: Ctx) -> Outcome:
     return Outcome(render_roadmap(ctx.roadmap, ctx.progress))
+
+
+@commands.command(
+    "pause",
+    "stop reminders for a while (e.g. 5d), or until you resume",
+    args=[Arg("duration", ArgKind.DURATION)],
+)
+def pause(ctx: Ctx, duration: timedelta | None) -> Outcome:
+    if duration is None:
+        until, when = PAUSED_FOREVER, f"until you say {ctx.prefix}resume"
+    else:
+        until, when = ctx.now + duration, f"for {format_duration(duration)}"
+    reply = text("⏸ Reminders paused ", when, ". Your progress stays as it is.")
+    return Outcome(reply, ops=(SetPause(ctx.sender, until),))
+
+
+@commands.command("resume", "start reminders again after a pause")
+def resume(ctx: Ctx) -> Outcome:
+    return Outcome(
+        text("▶ Reminders are back on. Welcome back!"), ops=(SetPause(ctx.sender, None),)
+    )
+
+
+@commands.command("mentor", "who your mentor is")
+def mentor(ctx: Ctx) -> Outcome:
+    if ctx.progress.mentor is None:
+        if ctx.services.mentors:
+            m = Message().line("You have no mentor assigned yet. The team's mentors are:")
+            m.bullets([[pill(u)] for u in sorted(ctx.services.mentors)])
+            return Outcome(m.reply())
+        return Outcome(text("You have no mentor assigned yet; ask your team lead."))
+    return Outcome(text("Your mentor is ", pill(ctx.progress.mentor), "."))
+
+
+@commands.command(
+    "timezone",
+    "set your time zone (Area/City) for reminders and working days",
+    args=[Arg("zone", ArgKind.TIMEZONE)],
+    aliases=("tz",),
+)
+def timezone(ctx: Ctx, zone: str | None) -> Outcome:
+    if zone is None:
+        shown = ctx.progress.timezone or f"{ctx.services.policy.timezone.key} (the team's default)"
+        return Outcome(
+            text(
+                "Your time zone is ",
+                shown,
+                ". Change it with ",
+                Code(f"{ctx.prefix}timezone Europe/Berlin"),
+                ".",
+            )
+        )
+    return Outcome(
+        text("🕑 Your time zone is now ", zone, "; reminders follow your working days there."),
+        ops=(SetTimezone(ctx.sender, zone),),
+    )

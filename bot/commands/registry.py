@@ -11,11 +11,18 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum, IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from bot.mentions import Resolved, resolve_users
+from bot.ops import Op, Send
 from bot.progress import Change, Progress
 from bot.render import Code, Message, Reply, render_candidates, text
 from bot.roadmap import Roadmap, find_step
+from bot.timeutil import parse_duration, parse_timezone
+
+if TYPE_CHECKING:
+    from bot.nudges import NudgePolicy
+    from bot.store import Store
 
 MAX_COMMAND_LENGTH = 2000
 
@@ -29,6 +36,12 @@ class Role(IntEnum):
 class ArgKind(Enum):
     STEP = "step"  # a step id, number or title fragment; takes the rest of the line
     TEXT = "text"  # free text; takes the rest of the line
+    USER = "user"  # an MXID, a mention pill or an unambiguous localpart; one word
+    DURATION = "duration"  # 30s, 45m, 12h, 3d, 1w; one word
+    TIMEZONE = "timezone"  # Area/City; one word
+
+
+ONE_WORD = (ArgKind.DURATION, ArgKind.TIMEZONE)
 
 
 @dataclass(frozen=True)
@@ -39,6 +52,17 @@ class Arg:
 
     def usage(self) -> str:
         return f"<{self.name}>" if self.required else f"[{self.name}]"
+
+
+@dataclass
+class Services:
+    """What handlers may read beyond their snapshot. Handlers read; only the store writes."""
+
+    store: Store
+    policy: NudgePolicy
+    mentors: frozenset[str]
+    server_name: str
+    load_roadmap: Callable[[], Roadmap]
 
 
 @dataclass(frozen=True)
@@ -53,12 +77,17 @@ class Ctx:
     role: Role
     progress: Progress
     commands: CommandSet
+    services: Services
+    formatted_body: str | None = None
 
 
 @dataclass(frozen=True)
 class Outcome:
     reply: Reply
     changes: tuple[Change, ...] = ()
+    ops: tuple[Op, ...] = ()
+    messages: tuple[Send, ...] = ()
+    new_roadmap: Roadmap | None = None
 
 
 Handler = Callable[..., Outcome | Awaitable[Outcome]]
@@ -73,6 +102,7 @@ class Command:
     aliases: tuple[str, ...] = ()
     role: Role = Role.NEWCOMER
     enrolls: bool = True  # newcomer commands enroll the sender first
+    private: bool = False  # answers about other people: only in a direct chat by default
 
     def usage(self, prefix: str) -> str:
         return " ".join([f"{prefix}{self.name}", *(a.usage() for a in self.args)])
@@ -112,9 +142,10 @@ class CommandSet:
         aliases: Iterable[str] = (),
         role: Role = Role.NEWCOMER,
         enrolls: bool = True,
+        private: bool = False,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
-            cmd = Command(name, help, handler, tuple(args), tuple(aliases), role, enrolls)
+            cmd = Command(name, help, handler, tuple(args), tuple(aliases), role, enrolls, private)
             for key in (name, *cmd.aliases):
                 if key in self._names:
                     raise ValueError(f"command name {key!r} declared twice")
@@ -171,33 +202,88 @@ def unknown_command_reply(commands: CommandSet, name: str, role: Role, prefix: s
     return text(*parts)
 
 
-async def invoke(cmd: Command, ctx: Ctx, raw_args: str) -> Outcome:
-    """Resolves the declared arguments, then runs the handler; usage errors become replies."""
+class UsageError(Exception):
+    """An argument that cannot be used; the reply explains why."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.body)
+        self.reply = reply
+
+
+async def _resolve_users(cmd: Command, ctx: Ctx, raw_args: str) -> list[Resolved]:
+    count = sum(1 for a in cmd.args if a.kind is ArgKind.USER)
+    if not count:
+        return []
+    known = set(await ctx.services.store.known_users()) | set(ctx.services.mentors)
+    return resolve_users(
+        raw_args,
+        ctx.formatted_body,
+        count=count,
+        known_users=known,
+        default_server=ctx.services.server_name,
+    )
+
+
+def _person(found: Resolved) -> str:
+    if found.user_id is None:
+        raise UsageError(text(found.problem or "I don't know who that is."))
+    return found.user_id
+
+
+def _word(arg: Arg, word: str) -> Any:
+    try:
+        if arg.kind is ArgKind.DURATION:
+            return parse_duration(word)
+        return parse_timezone(word).key
+    except ValueError as exc:
+        raise UsageError(text(str(exc))) from None
+
+
+async def _arguments(cmd: Command, ctx: Ctx, raw_args: str) -> dict[str, Any]:
     values: dict[str, Any] = {}
+    users = await _resolve_users(cmd, ctx, raw_args)
     rest = raw_args
     for arg in cmd.args:
+        if arg.kind is ArgKind.USER:
+            # People are named by MXID, pill or localpart, in the order written.
+            if users:
+                values[arg.name] = _person(users.pop(0))
+            elif arg.required:
+                raise UsageError(text("Usage: ", Code(cmd.usage(ctx.prefix)), f" — {cmd.help}"))
+            else:
+                values[arg.name] = None
+            rest = ""
+            continue
         if not rest:
             if arg.required:
-                return Outcome(text("Usage: ", Code(cmd.usage(ctx.prefix)), f" — {cmd.help}"))
+                raise UsageError(text("Usage: ", Code(cmd.usage(ctx.prefix)), f" — {cmd.help}"))
             values[arg.name] = None
             continue
         if arg.kind is ArgKind.STEP:
             found = find_step(ctx.roadmap, rest)
             if found.step is None:
-                return Outcome(
+                raise UsageError(
                     render_candidates(rest, found.candidates, found.ambiguous, ctx.prefix)
                 )
             values[arg.name] = found.step
+            rest = ""
+        elif arg.kind in ONE_WORD:
+            word, _, rest = rest.partition(" ")
+            values[arg.name] = _word(arg, word)
         else:
             values[arg.name] = rest
-        rest = ""
-    if rest:
-        return Outcome(
-            text(
-                f"{ctx.prefix}{cmd.name} takes no arguments. Usage: ",
-                Code(cmd.usage(ctx.prefix)),
-            )
-        )
+            rest = ""
+    if rest or users:
+        raise UsageError(text("That is more than I expected. Usage: ", Code(cmd.usage(ctx.prefix))))
+    return values
+
+
+async def invoke(cmd: Command, ctx: Ctx, raw_args: str) -> Outcome:
+    """Resolves the declared arguments, then runs the handler; usage errors become replies."""
+    try:
+        values = await _arguments(cmd, ctx, raw_args)
+    except UsageError as exc:
+        return Outcome(exc.reply)
     result = cmd.handler(ctx, **values)
     if inspect.isawaitable(result):
         result = await result

@@ -1,0 +1,158 @@
+"""Mentor and admin commands: who is moving, who is stuck, pairing, nudging, reloading."""
+
+from __future__ import annotations
+
+from bot.commands.registry import Arg, ArgKind, CommandSet, Ctx, Outcome, Role
+from bot.nudges import nudge_message, pill
+from bot.ops import RecordNudge, Send, SetMentor
+from bot.progress import NewcomerInfo, current_step, is_finished
+from bot.render import Bold, Code, Message, text
+from bot.reports import render_history, render_status, render_team
+from bot.roadmap import Roadmap, RoadmapError
+
+commands = CommandSet()
+USER = Arg("user", ArgKind.USER, required=True)
+
+
+async def _newcomer(ctx: Ctx, user_id: str) -> NewcomerInfo | None:
+    found = await ctx.services.store.newcomers([s.id for s in ctx.roadmap], user_id)
+    return found[0] if found else None
+
+
+def _not_enrolled(user_id: str) -> Outcome:
+    return Outcome(text(f"{user_id} has not enrolled in the roadmap (yet)."))
+
+
+@commands.command(
+    "status",
+    "a newcomer's progress, idle time and whether they need attention",
+    args=[USER],
+    role=Role.MENTOR,
+    enrolls=False,
+    private=True,
+)
+async def status(ctx: Ctx, user: str) -> Outcome:
+    info = await _newcomer(ctx, user)
+    if info is None:
+        return _not_enrolled(user)
+    progress = await ctx.services.store.load_progress(user)
+    return Outcome(render_status(ctx.roadmap, info, progress, ctx.services.policy, ctx.now))
+
+
+@commands.command(
+    "history",
+    "a newcomer's recent activity, newest first",
+    args=[USER],
+    role=Role.MENTOR,
+    enrolls=False,
+    private=True,
+)
+async def history(ctx: Ctx, user: str) -> Outcome:
+    if await _newcomer(ctx, user) is None:
+        return _not_enrolled(user)
+    entries = await ctx.services.store.history(user, limit=20)
+    return Outcome(render_history(ctx.roadmap, user, entries))
+
+
+@commands.command(
+    "team",
+    "every newcomer in one table, most idle first",
+    role=Role.MENTOR,
+    enrolls=False,
+    private=True,
+)
+async def team(ctx: Ctx) -> Outcome:
+    infos = await ctx.services.store.newcomers([s.id for s in ctx.roadmap])
+    return Outcome(render_team(ctx.roadmap, infos, ctx.services.policy, ctx.now))
+
+
+@commands.command(
+    "assign",
+    "pair a mentor (default: you) with a newcomer",
+    args=[Arg("newcomer", ArgKind.USER, required=True), Arg("mentor", ArgKind.USER)],
+    role=Role.MENTOR,
+    enrolls=False,
+)
+async def assign(ctx: Ctx, newcomer: str, mentor: str | None) -> Outcome:
+    mentor = mentor or ctx.sender
+    if await _newcomer(ctx, newcomer) is None:
+        return _not_enrolled(newcomer)
+    note = Message().line("🤝 ", pill(mentor), " is now the mentor of ", pill(newcomer), ".")
+    tell = Message().line(
+        "🤝 ", pill(mentor), " is your mentor for the roadmap: ask them anything."
+    )
+    return Outcome(
+        note.reply(),
+        ops=(SetMentor(newcomer, mentor),),
+        messages=(Send("assigned", tell.reply().content(), to_user=newcomer),),
+    )
+
+
+@commands.command(
+    "nudge", "send a newcomer a nudge now", args=[USER], role=Role.MENTOR, enrolls=False
+)
+async def nudge(ctx: Ctx, user: str) -> Outcome:
+    info = await _newcomer(ctx, user)
+    if info is None:
+        return _not_enrolled(user)
+    progress = await ctx.services.store.load_progress(user)
+    if is_finished(ctx.roadmap, progress):
+        return Outcome(text(f"{user} has finished the roadmap; no nudge needed."))
+    step = current_step(ctx.roadmap, progress)
+    policy = ctx.services.policy
+    idle = policy.idle_time(info.last_activity_at, ctx.now, policy.zone_of(info.timezone))
+    content = nudge_message(ctx.roadmap, user, step, idle, ctx.prefix)
+    policy_target = (
+        {"room_id": policy.team_room}
+        if policy.target == "team" and policy.team_room
+        else {"to_user": user}
+    )
+    return Outcome(
+        text("📣 Nudged ", pill(user), "."),
+        ops=(RecordNudge(user, "nudge", step.id if step else None, ctx.sender),),
+        messages=(Send("nudge", content, **policy_target),),
+    )
+
+
+def _diff(old: Roadmap, new: Roadmap) -> tuple[list[str], list[str], list[str]]:
+    old_ids, new_ids = {s.id for s in old}, {s.id for s in new}
+    added = [f"{s.number} {s.title}" for s in new if s.id not in old_ids]
+    removed = [f"{s.number} {s.title} [{s.id}]" for s in old if s.id not in new_ids]
+    renamed = [
+        f"{o.title} → {n.title}"
+        for o in old
+        if (n := new.get(o.id)) is not None and n.title != o.title
+    ]
+    return added, removed, renamed
+
+
+@commands.command(
+    "reload", "reload roadmap.yaml and keep everyone's progress", role=Role.ADMIN, enrolls=False
+)
+def reload(ctx: Ctx) -> Outcome:
+    try:
+        new = ctx.services.load_roadmap()
+    except RoadmapError as exc:
+        m = Message().line("✗ The new roadmap was refused; the old one stays. Problems:")
+        m.bullets([[line] for line in str(exc).splitlines()[:20]])
+        return Outcome(m.reply())
+    added, removed, renamed = _diff(ctx.roadmap, new)
+    m = Message().line(
+        "✓ Reloaded: ",
+        Bold(f"{len(new)} steps"),
+        f" in {len(new.sections)} sections. ",
+        "Everyone's progress is kept (it is keyed on step ids).",
+    )
+    for label, items in (("Added", added), ("Removed", removed), ("Renamed", renamed)):
+        if items:
+            m.line(f"{label} ({len(items)}):").bullets([[i] for i in items[:30]])
+    if not (added or removed or renamed):
+        m.line("No steps were added, removed or renamed.")
+    if removed:
+        m.line(
+            "Progress on removed steps stays in the database and comes back if you restore them. ",
+            "Check with ",
+            Code(f"{ctx.prefix}team"),
+            ".",
+        )
+    return Outcome(m.reply(), new_roadmap=new)

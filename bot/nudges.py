@@ -1,0 +1,162 @@
+"""Nudge rules: who needs attention, whom to nudge now, and what the nudge says. Pure.
+
+Idle time counts working days only, judged in each newcomer's own time zone; nobody is nudged
+on a day off or inside quiet hours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from bot.render import Code, Link, Mention, Message, Reply
+from bot.roadmap import Roadmap, Step
+from bot.timeutil import (
+    QuietHours,
+    format_duration,
+    may_nudge_now,
+    parse_timezone,
+    working_days_between,
+    working_time_between,
+)
+
+
+@dataclass(frozen=True)
+class NudgePolicy:
+    idle_after: timedelta
+    timezone: ZoneInfo
+    working_days: frozenset[int]
+    quiet: QuietHours | None
+    escalate_after: int
+    target: str  # "dm" or "team"
+    team_room: str | None
+
+    def zone_of(self, name: str | None) -> ZoneInfo:
+        if name:
+            try:
+                return parse_timezone(name)
+            except ValueError:
+                pass  # a zone that vanished from tzdata: fall back to the team's
+        return self.timezone
+
+    def idle_time(self, since: datetime, now: datetime, tz: ZoneInfo) -> timedelta:
+        return working_time_between(since, now, tz, self.working_days)
+
+    def idle_days(self, since: datetime, now: datetime, tz: ZoneInfo) -> int:
+        return working_days_between(since, now, tz, self.working_days)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The store's short list; see Store.nudge_candidates."""
+
+    user_id: str
+    current_step: str | None
+    last_activity_at: datetime
+    last_nudged_at: datetime | None
+    timezone: str | None
+    mentor: str | None
+    nudges_in_row: int
+
+
+def due(policy: NudgePolicy, candidate: Candidate, now: datetime) -> bool:
+    """Idle (in working time) for idle_after, not nudged within it, and a fine moment locally."""
+    tz = policy.zone_of(candidate.timezone)
+    if not may_nudge_now(now, tz, policy.working_days, policy.quiet):
+        return False
+    if policy.idle_time(candidate.last_activity_at, now, tz) < policy.idle_after:
+        return False
+    last = candidate.last_nudged_at
+    return last is None or policy.idle_time(last, now, tz) >= policy.idle_after
+
+
+def select(policy: NudgePolicy, candidates: Iterable[Candidate], now: datetime) -> list[Candidate]:
+    return [c for c in candidates if due(policy, c, now)]
+
+
+def attention_reasons(
+    policy: NudgePolicy,
+    *,
+    last_activity_at: datetime,
+    timezone: str | None,
+    nudges_in_row: int,
+    mentor: str | None,
+    finished: bool,
+    paused: bool,
+    now: datetime,
+) -> list[str]:
+    """Why a mentor should look at this newcomer; empty when all is well."""
+    if finished:
+        return []
+    reasons = []
+    tz = policy.zone_of(timezone)
+    if not paused and policy.idle_time(last_activity_at, now, tz) >= policy.idle_after:
+        days = policy.idle_days(last_activity_at, now, tz)
+        reasons.append(
+            f"idle {days} working day{'s' if days != 1 else ''}"
+            if days
+            else f"idle {format_duration(policy.idle_time(last_activity_at, now, tz))}"
+        )
+    if nudges_in_row:
+        reasons.append(f"{nudges_in_row} unanswered nudge{'s' if nudges_in_row != 1 else ''}")
+    if mentor is None:
+        reasons.append("no mentor")
+    return reasons
+
+
+def pill(user_id: str) -> Mention:
+    return Mention(user_id)
+
+
+def mention_content(reply: Reply, user_ids: Sequence[str]) -> dict[str, object]:
+    """A message that notifies exactly these users (intentional mentions, MSC3952)."""
+    content: dict[str, object] = dict(reply.content())
+    content["m.mentions"] = {"user_ids": list(user_ids)}
+    return content
+
+
+def nudge_message(
+    roadmap: Roadmap, user_id: str, step: Step | None, idle: timedelta, prefix: str
+) -> dict[str, object]:
+    m = Message().line(
+        "Hi ",
+        pill(user_id),
+        f", it has been {format_duration(idle)} of working time since "
+        "your last step on the roadmap.",
+    )
+    if step is not None:
+        m.line("You are on ", Code(step.number), f" {step.title}.")
+        if step.resources:
+            first = step.resources[0]
+            m.line("A good way back in: ", Link(first.title, first.url), ".")
+    m.line(
+        "Say ",
+        Code(f"{prefix}done"),
+        " when it's finished, ",
+        Code(f"{prefix}next"),
+        " to see it again, or ",
+        Code(f"{prefix}pause 5d"),
+        " if you need a break.",
+    )
+    return mention_content(m.reply(), [user_id])
+
+
+def escalation_message(
+    user_id: str, step: Step | None, idle: timedelta, nudges: int, mentor_ids: Sequence[str]
+) -> dict[str, object]:
+    m = Message().line(
+        pill(user_id),
+        f" has been idle for {format_duration(idle)} of working time and has not "
+        f"answered {nudges} nudge{'s' if nudges != 1 else ''}.",
+    )
+    if step is not None:
+        m.line(f"Current step: {step.number} {step.title}.")
+    m.line("Maybe a quick chat would help?")
+    return mention_content(m.reply(), list(mentor_ids))
+
+
+def finished_message(user_id: str, roadmap: Roadmap) -> dict[str, object]:
+    m = Message().line("🎉 ", pill(user_id), f" has finished the {roadmap.title}.")
+    return mention_content(m.reply(), [])

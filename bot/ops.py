@@ -1,0 +1,56 @@
+"""What a command or a job asks the store to do, besides progress changes. Plain data.
+
+Handlers return these; the store applies them with the handled event and the queued messages
+in one transaction, so a crash leaves either all of it or none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SetMentor:
+    user_id: str
+    mentor: str | None
+
+
+@dataclass(frozen=True)
+class SetPause:
+    user_id: str
+    until: datetime | None  # None: not paused; PAUSED_FOREVER: until !resume
+
+
+@dataclass(frozen=True)
+class SetTimezone:
+    user_id: str
+    timezone: str
+
+
+@dataclass(frozen=True)
+class RecordNudge:
+    user_id: str
+    kind: str  # "nudge" or "escalation"
+    step_id: str | None
+    actor: str  # the mentor who asked, or "scheduler"
+
+
+Op = SetMentor | SetPause | SetTimezone | RecordNudge
+
+
+@dataclass(frozen=True)
+class Send:
+    """A message besides the reply: to a room, or to a user's direct chat with the bot.
+
+    `key` makes its transaction id unique and repeatable for the event or job that sends it.
+    """
+
+    key: str
+    content: dict[str, Any]
+    room_id: str | None = None
+    to_user: str | None = None
+
+
+PAUSED_FOREVER = datetime.fromisoformat("9999-12-31T00:00:00+00:00")

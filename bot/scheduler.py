@@ -1,0 +1,174 @@
+"""Scheduled jobs (APScheduler 3, AsyncIOScheduler): the nudge sweep and the weekly digest.
+
+The store is the truth: each run records what it sent, in the same transaction as the queued
+messages, so a restart never sends a nudge twice. A run missed while the bot was down runs
+once at start (coalesced), not once per missed tick.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from bot.nudges import NudgePolicy, escalation_message, nudge_message, select
+from bot.ops import RecordNudge, Send
+from bot.reports import render_digest
+from bot.roadmap import Roadmap
+from bot.store import Store, ts
+
+log = logging.getLogger(__name__)
+
+NUDGES, DIGEST = "nudges", "digest"
+
+
+def job_txn_id(key: str) -> str:
+    return "job-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+class Jobs:
+    """What the scheduled jobs do; the scheduler only decides when."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        roadmap: Callable[[], Roadmap],
+        policy: NudgePolicy,
+        mentors: Callable[[], frozenset[str]],
+        prefix: str,
+        on_queued: Callable[[], Awaitable[None]],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.roadmap = roadmap
+        self.policy = policy
+        self.mentors = mentors
+        self.prefix = prefix
+        self.on_queued = on_queued
+        self.clock = clock
+
+    def _target(self, user_id: str) -> dict[str, str]:
+        if self.policy.target == "team" and self.policy.team_room:
+            return {"room_id": self.policy.team_room}
+        return {"to_user": user_id}
+
+    async def plan_nudges(self, now: datetime) -> tuple[list[RecordNudge], list[tuple[str, Send]]]:
+        """One indexed query for the short list, then the pure rules; nothing is written."""
+        policy, roadmap = self.policy, self.roadmap()
+        candidates = await self.store.nudge_candidates(now, now - policy.idle_after)
+        ops: list[RecordNudge] = []
+        messages: list[tuple[str, Send]] = []
+        for c in select(policy, candidates, now):
+            step = roadmap.get(c.current_step)
+            idle = policy.idle_time(c.last_activity_at, now, policy.zone_of(c.timezone))
+            streak = c.nudges_in_row + 1
+            # One nudge per (idle spell, count): the same plan run twice queues nothing new.
+            key = f"nudge/{c.user_id}/{ts(c.last_activity_at)}/{streak}"
+            ops.append(RecordNudge(c.user_id, "nudge", step.id if step else None, "scheduler"))
+            content = nudge_message(roadmap, c.user_id, step, idle, self.prefix)
+            messages.append((job_txn_id(key), Send("nudge", content, **self._target(c.user_id))))
+            if streak == policy.escalate_after:
+                mentors = [c.mentor] if c.mentor else sorted(self.mentors())
+                ops.append(RecordNudge(c.user_id, "escalation", None, "scheduler"))
+                note = escalation_message(c.user_id, step, idle, streak, mentors)
+                for mentor in mentors:
+                    messages.append(
+                        (
+                            job_txn_id(f"{key}/escalate/{mentor}"),
+                            Send("escalation", note, to_user=mentor),
+                        )
+                    )
+        return ops, messages
+
+    async def nudge_sweep(self) -> int:
+        now = self.clock()
+        ops, messages = await self.plan_nudges(now)
+        if messages:
+            await self.store.commit_job(ops=ops, messages=messages, at=now)
+            await self.on_queued()
+        log.info("nudge sweep: %d nudged", sum(1 for o in ops if o.kind == "nudge"))
+        return len(messages)
+
+    async def digest(self) -> int:
+        now = self.clock()
+        since = now - timedelta(days=7)
+        roadmap = self.roadmap()
+        infos = await self.store.newcomers([s.id for s in roadmap])
+        done = await self.store.progress_since(since)
+        content = render_digest(roadmap, infos, done, self.policy, now, since).content()
+        key = f"digest/{now.date().isoformat()}"
+        if self.policy.team_room:
+            messages = [(job_txn_id(key), Send("digest", content, room_id=self.policy.team_room))]
+        else:
+            messages = [
+                (job_txn_id(f"{key}/{m}"), Send("digest", content, to_user=m))
+                for m in sorted(self.mentors())
+            ]
+        await self.store.commit_job(ops=(), messages=messages, at=now)
+        await self.on_queued()
+        return len(messages)
+
+
+class Scheduler:
+    """APScheduler wiring plus catch-up of runs missed while the bot was down."""
+
+    def __init__(self, jobs: Jobs, store: Store) -> None:
+        self.jobs = jobs
+        self.store = store
+        self.scheduler = AsyncIOScheduler(
+            timezone=UTC,
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600},
+        )
+        self._triggers: dict[str, CronTrigger] = {}
+
+    def add(self, job_id: str, crontab: str, timezone: str) -> None:
+        trigger = CronTrigger.from_crontab(crontab, timezone=timezone)
+        self._triggers[job_id] = trigger
+        self.scheduler.add_job(self._run, trigger, args=[job_id], id=job_id, name=job_id)
+
+    async def _run(self, job_id: str) -> None:
+        func: Callable[[], Awaitable[Any]] = (
+            self.jobs.nudge_sweep if job_id == NUDGES else self.jobs.digest
+        )
+        try:
+            await func()
+        except Exception:
+            log.exception("scheduled job %s failed; it runs again at its next time", job_id)
+            return
+        await self.store.set_value(f"job:{job_id}:last_run", ts(self.jobs.clock()))
+
+    async def start(self) -> None:
+        """Starts the timers; a run that fell due while the bot was down runs once, now."""
+        now = self.jobs.clock()
+        self.scheduler.start()
+        for job_id, trigger in self._triggers.items():
+            last = await self.store.get_value(f"job:{job_id}:last_run")
+            if last is None:
+                await self.store.set_value(f"job:{job_id}:last_run", ts(now))
+                continue
+            due = trigger.get_next_fire_time(None, datetime.fromisoformat(last))
+            if due is not None and due <= now:
+                log.info(
+                    "job %s missed its run at %s while the bot was down: running it now",
+                    job_id,
+                    due.isoformat(),
+                )
+                self.run_now(job_id)
+
+    def run_now(self, job_id: str) -> None:
+        """Fires a job through the scheduler now (SIGUSR1 does this for the nudge sweep)."""
+        job = self.scheduler.get_job(job_id)
+        if job is None:
+            log.warning("no scheduled job %s to run", job_id)
+            return
+        job.modify(next_run_time=datetime.now(UTC))
+
+    def shutdown(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)

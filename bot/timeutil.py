@@ -1,0 +1,174 @@
+"""Time rules for nudges: durations, working days, quiet hours, idle working time. Pure functions.
+
+Nothing here reads the clock; callers pass `now`. Days are judged as calendar days in the
+team's time zone, so a weekend or a daylight-saving night is measured the way people live it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+DAY_NAMES: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+DEFAULT_WORKING_DAYS: frozenset[int] = frozenset({0, 1, 2, 3, 4})
+
+_DURATION = re.compile(r"([+-]?[0-9]+(?:\.[0-9]+)?)([smhdw])", re.IGNORECASE)
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_QUIET = re.compile(r"([0-9]{1,2}):([0-9]{2})\s*-\s*([0-9]{1,2}):([0-9]{2})")
+_DAY = timedelta(days=1)
+
+
+def parse_duration(value: str) -> timedelta:
+    """Parse "30s", "45m", "12h", "3d", "1w" or "1.5h" into a positive timedelta."""
+    match = _DURATION.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(f"{value!r} is not a duration like 30s, 45m, 12h, 3d or 1w")
+    amount = float(match.group(1))
+    if amount <= 0:
+        raise ValueError(f"{value!r} must be more than zero, like 30s, 45m, 12h, 3d or 1w")
+    try:
+        delta = timedelta(**{_UNITS[match.group(2).lower()]: amount})
+    except OverflowError:
+        raise ValueError(f"{value!r} is too long for a duration") from None
+    if delta <= timedelta(0):  # e.g. "0.0000001s" rounds down to nothing
+        raise ValueError(f"{value!r} must be more than zero, like 30s, 45m, 12h, 3d or 1w")
+    return delta
+
+
+def format_duration(delta: timedelta) -> str:
+    """Say a duration coarsely, in the largest unit that fits, rounded down: "3 days"."""
+    if delta < timedelta(0):
+        return "-" + format_duration(-delta)
+    seconds = int(delta.total_seconds())
+    weeks, days, hours, minutes = (
+        seconds // 604800,
+        seconds // 86400,
+        seconds // 3600,
+        seconds // 60,
+    )
+    if weeks:
+        return f"{weeks} week" if weeks == 1 else f"{weeks} weeks"
+    if days:
+        return f"{days} day" if days == 1 else f"{days} days"
+    if hours:
+        return f"{hours} h"
+    if minutes:
+        return f"{minutes} min"
+    return f"{seconds} s"
+
+
+def parse_working_days(names: Iterable[str]) -> frozenset[int]:
+    """Turn day names like ["mon", "tue"] into weekday numbers (Monday is 0)."""
+    if isinstance(names, str):  # a bare "mon" would otherwise be read letter by letter
+        names = [names]
+    days: set[int] = set()
+    for name in names:
+        key = str(name).strip().lower()
+        if key not in DAY_NAMES:
+            raise ValueError(f"{name!r} is not a day; use {', '.join(DAY_NAMES)}")
+        days.add(DAY_NAMES.index(key))
+    if not days:
+        raise ValueError(f"working days must name at least one of {', '.join(DAY_NAMES)}")
+    return frozenset(days)
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    """A daily span of local wall-clock time without nudges; it may wrap past midnight."""
+
+    start: time
+    end: time
+
+    def contains(self, local: time) -> bool:
+        """Start is inclusive, end exclusive; equal start and end means never quiet."""
+        at = local.replace(tzinfo=None)
+        start, end = self.start.replace(tzinfo=None), self.end.replace(tzinfo=None)
+        if start == end:
+            return False
+        if start < end:
+            return start <= at < end
+        return at >= start or at < end
+
+
+def parse_quiet_hours(value: str | None) -> QuietHours | None:
+    """Parse "20:00-08:00"; None means quiet hours are off."""
+    if value is None:
+        return None
+    match = _QUIET.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(f"{value!r} is not a quiet-hours range like 20:00-08:00")
+    h1, m1, h2, m2 = (int(part) for part in match.groups())
+    if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59:
+        raise ValueError(f"{value!r} has a time out of range; use 00:00 to 23:59, like 20:00-08:00")
+    return QuietHours(time(h1, m1), time(h2, m2))
+
+
+def parse_timezone(name: str) -> ZoneInfo:
+    """Load an IANA time zone such as "Europe/Berlin"."""
+    problem = f"{name!r} is not a time zone like Europe/Berlin"
+    if not name or ".." in name or name.startswith("/") or name != name.strip():
+        raise ValueError(problem)
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(problem) from None
+
+
+def _aware(value: datetime, what: str) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be a timezone-aware datetime, got {value.isoformat()}")
+    return value.astimezone(UTC)
+
+
+def _midnight(day: date, tz: ZoneInfo) -> datetime:
+    # Where a zone skips midnight, fold=0 lands on the instant of the jump, so consecutive
+    # midnights never go backwards and the days tile the timeline without gaps or overlaps.
+    return datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
+
+
+def working_time_between(
+    start: datetime, end: datetime, tz: ZoneInfo, working_days: frozenset[int]
+) -> timedelta:
+    """The elapsed part of [start, end) that falls on working days, as calendar days in `tz`."""
+    # Subtracting datetimes that share a tzinfo compares wall clocks, so work in UTC throughout.
+    start, end = _aware(start, "start"), _aware(end, "end")
+    if end <= start:
+        return timedelta(0)
+    total = timedelta(0)
+    # One day either side covers zones whose midnight is not exactly where astimezone says.
+    day = start.astimezone(tz).date() - _DAY
+    last = end.astimezone(tz).date() + _DAY
+    day_start = _midnight(day, tz)
+    while day <= last:
+        day_end = _midnight(day + _DAY, tz)
+        if day.weekday() in working_days:
+            overlap = min(end, day_end) - max(start, day_start)
+            if overlap > timedelta(0):
+                total += overlap
+        day, day_start = day + _DAY, day_end
+    return total
+
+
+def is_working_day(at: datetime, tz: ZoneInfo, working_days: frozenset[int]) -> bool:
+    """Whether the local calendar day of `at` in `tz` is a working day."""
+    return _aware(at, "at").astimezone(tz).weekday() in working_days
+
+
+def may_nudge_now(
+    now: datetime, tz: ZoneInfo, working_days: frozenset[int], quiet: QuietHours | None
+) -> bool:
+    """True when local `now` is on a working day and outside quiet hours."""
+    local = _aware(now, "now").astimezone(tz)
+    if local.weekday() not in working_days:
+        return False
+    return quiet is None or not quiet.contains(local.time())
+
+
+def working_days_between(
+    start: datetime, end: datetime, tz: ZoneInfo, working_days: frozenset[int]
+) -> int:
+    """Whole working days of idle time: 24-hour blocks of working time, rounded down."""
+    return working_time_between(start, end, tz, working_days) // _DAY
