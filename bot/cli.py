@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -39,6 +40,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    os.umask(0o077)  # everything the bot writes (database, keys, session) is owner-only
     try:
         config, roadmap = _load(args.config)
     except (ConfigError, RoadmapError) as exc:

@@ -18,6 +18,7 @@ from apscheduler.triggers.cron import CronTrigger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bot import timeutil
+from bot.roadmap import yaml_problem
 
 MXID = re.compile(r"^@[^:\s]+:[A-Za-z0-9.\-]+(:\d+)?$")
 ENV_PASSWORD = "ONBOARDING_BOT_PASSWORD"
@@ -231,7 +232,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from exc
+        raise ConfigError(f"{path}: {yaml_problem(exc)}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level: must be a mapping (see config.example.yaml)")
     matrix = raw.get("matrix")

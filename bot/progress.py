@@ -60,6 +60,7 @@ class Undoable:
     from_state: State
     to_state: State
     prev_current: str | None
+    new_current: str | None
 
 
 @dataclass(frozen=True)
@@ -154,13 +155,16 @@ def undo(progress: Progress) -> Change | UndoRefused:
         return UndoRefused(
             f"The last change can't be undone: that step is now {now}, not {last.to_state}."
         )
+    # The pointer goes back only if that change moved it and nothing has moved it since.
+    moved = last.new_current != last.prev_current and progress.current_id == last.new_current
+    restored = (last.prev_current or last.step_id) if moved else progress.current_id
     return Change(
         Action.UNDO,
         last.step_id,
         last.to_state,
         last.from_state,
         progress.current_id,
-        last.prev_current if last.prev_current is not None else last.step_id,
+        restored,
         undoes=last.entry_id,
     )
 

@@ -298,6 +298,14 @@ def parse_roadmap(data: Any, path: Path) -> Roadmap:
     )
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: where, and what."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{where}not valid YAML: {what}"
+
+
 def load_roadmap(path: Path) -> Roadmap:
     """Reads and validates a roadmap file; every failure is a RoadmapError naming the file."""
     try:
@@ -307,7 +315,5 @@ def load_roadmap(path: Path) -> Roadmap:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "YAML"
-        raise RoadmapError(f"{path}: {where}: not valid YAML: {exc}") from exc
+        raise RoadmapError(f"{path}: {yaml_problem(exc)}") from exc
     return parse_roadmap(data, path)

@@ -177,6 +177,9 @@ class Store:
     @classmethod
     async def open(cls, path: Path) -> Store:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # SQLite gives the -wal and -shm files the database file's mode: make it owner-only first.
+        path.touch(mode=0o600, exist_ok=True)
+        os.chmod(path, 0o600)
         db = await aiosqlite.connect(path, isolation_level=None)
         db.row_factory = aiosqlite.Row
         await db.execute("PRAGMA journal_mode = WAL")
@@ -186,8 +189,11 @@ class Store:
         await db.execute("PRAGMA synchronous = NORMAL")
         await db.execute("PRAGMA busy_timeout = 5000")
         store = cls(db, path)
-        await store._migrate()
-        os.chmod(path, 0o600)
+        try:
+            await store._migrate()
+        except BaseException:
+            await db.close()
+            raise
         return store
 
     async def close(self) -> None:
@@ -240,7 +246,8 @@ class Store:
         }
         last = await self._one(
             """
-            SELECT a.id, a.step_id, a.from_state, a.to_state, a.prev_current FROM activity a
+            SELECT a.id, a.step_id, a.from_state, a.to_state, a.prev_current, a.new_current
+            FROM activity a
             WHERE a.user_id = ? AND a.action IN (?, ?)
               AND NOT EXISTS (SELECT 1 FROM activity u WHERE u.undoes = a.id)
             ORDER BY a.id DESC LIMIT 1
@@ -254,6 +261,7 @@ class Store:
                 State(last["from_state"]),
                 State(last["to_state"]),
                 last["prev_current"],
+                last["new_current"],
             )
             if last
             else None

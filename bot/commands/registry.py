@@ -119,8 +119,12 @@ def parse(body: str, prefix: str) -> Parsed | None:
     stripped = body.strip()
     if not prefix or not stripped.startswith(prefix):
         return None
-    head, _, rest = stripped[len(prefix) :].partition(" ")
-    name = head.strip().lower()
+    words = stripped[len(prefix) :]
+    if not words or words[0].isspace():
+        return None  # "! done" is punctuation in a sentence, not a command
+    head, *rest_ = words.split(maxsplit=1)
+    rest = rest_[0] if rest_ else ""
+    name = head.lower()
     if not name or not name.replace("-", "").replace("_", "").isalnum():
         return None
     return Parsed(name, " ".join(rest.split()))

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from tests.harness import MakePerson, Person, Synapse
-from tests.harness.bot import BotProcess
+from tests.harness.bot import REPO, BotProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -31,6 +33,8 @@ class Team:
     maya_dm: str
     pete: Person  # mentor by power level 50 in the team room
     team_room: str
+    ada: Person  # admin
+    roadmap: Path  # the bot's own copy, which the admin edits
 
 
 async def direct_chat(person: Person, bot: BotProcess) -> str:
@@ -75,14 +79,19 @@ async def team(
     content = dict(levels.content)  # type: ignore[union-attr]
     content["users"] = {**content.get("users", {}), pete.user_id: 50}
     await maya.client.room_put_state(team_room, "m.room.power_levels", content)
+    workdir = tmp_path_factory.mktemp("coach-bot")
+    roadmap = workdir / "roadmap.yaml"
+    shutil.copy(REPO / "roadmap.yaml", roadmap)
+    ada = await make_person_module("ada")
     bot = BotProcess(
-        tmp_path_factory.mktemp("coach-bot"),
+        workdir,
         homeserver=synapse.url,
         user_id=bot_id,
         password="coach-password",
         mentors=[maya.user_id],
-        admins=[],
+        admins=[ada.user_id],
         extra={
+            "roadmap": str(roadmap),
             "rooms": {"team": team_room},
             "nudges": {
                 "schedule": "0 0 1 1 *",
@@ -100,7 +109,7 @@ async def team(
     await maya.wait_for_join(team_room, bot_id, timeout=30)
     await maya.reply(team_room, timeout=30)  # greeting
     maya_dm = await direct_chat(maya, bot)
-    yield Team(bot, maya, maya_dm, pete, team_room)
+    yield Team(bot, maya, maya_dm, pete, team_room, ada, roadmap)
     bot.kill()
 
 
@@ -247,3 +256,33 @@ async def test_the_digest_goes_to_the_team_room(team: Team) -> None:
     fire(team.bot, signal.SIGUSR2)
     digest = await team.maya.reply(team.team_room, timeout=30)
     assert "Weekly onboarding digest" in digest.body
+
+
+async def test_admin_reloads_the_roadmap_and_everyone_keeps_their_progress(
+    team: Team, make_person: MakePerson
+) -> None:
+    rita = await make_person("rita")
+    rita_dm = await direct_chat(rita, team.bot)
+    await ask(rita, rita_dm, "!start")
+    assert "Done: 1.1 Bash/Terminal" in await ask(rita, rita_dm, "!done")
+    ada_dm = await direct_chat(team.ada, team.bot)
+    original = team.roadmap.read_text()
+    try:
+        team.roadmap.write_text(original.replace("title: Bash/Terminal", "title: The Shell"))
+        team.roadmap.write_text(team.roadmap.read_text().replace("id: tcp\n", "id: tcp-ip\n"))
+        body = await ask(team.ada, ada_dm, "!reload")
+        assert "Reloaded" in body
+        assert "Added (1)" in body and "Removed (1)" in body and "[tcp]" in body
+        assert "Bash/Terminal → The Shell" in body
+        assert "1 done, 0 skipped, of 52 steps" in await ask(rita, rita_dm, "!progress")
+        assert "✓ 1.1 The Shell" in await ask(rita, rita_dm, "!roadmap")
+
+        team.roadmap.write_text("sections: [oops")
+        body = await ask(team.ada, ada_dm, "!reload")
+        assert "refused" in body and "not valid YAML" in body
+        assert "1.2 Basic Internet" in await ask(rita, rita_dm, "!next")
+        await team.maya.say(team.maya_dm, "!reload")
+        await reply_about(team.maya, team.maya_dm, "for admins only")
+    finally:
+        team.roadmap.write_text(original)
+        await ask(team.ada, ada_dm, "!reload")

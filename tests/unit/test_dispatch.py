@@ -1,0 +1,283 @@
+"""The Dispatcher end to end, in process: message in, queued reply out, progress in a real Store.
+
+These read like the conversation they check; `chat.say` returns the reply's plain body.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.dispatch import reply_txn_id
+from bot.progress import State
+from bot.roadmap import Roadmap
+from bot.store import Store
+
+Chat = Any  # the conversation helper from conftest.py
+
+
+async def test_start_welcomes_and_shows_step_one(chat: Chat) -> None:
+    reply = await chat.say("!start")
+    assert "Welcome to the Python Backend Developer Roadmap!" in reply
+    assert "It has 52 steps in 14 sections." in reply
+    assert "1.1 Bash/Terminal — step 1 of 52" in reply
+
+
+async def test_the_newcomer_journey(chat: Chat, roadmap: Roadmap) -> None:
+    await chat.say("!start")
+
+    assert "1.1 Bash/Terminal — step 1 of 52" in await chat.say("!next")
+
+    reply = await chat.say("!done")
+    assert "✓ Done: 1.1 Bash/Terminal." in reply
+    assert "Next up:\n1.2 Basic Internet — step 2 of 52" in reply
+
+    reply = await chat.say("!done 2.8")
+    assert "✓ Done: 2.8 Python Web Frameworks." in reply
+    assert "1.2 Basic Internet — step 2 of 52" in reply  # still the current step
+
+    reply = await chat.say("!skip")
+    assert "↷ Skipped: 1.2 Basic Internet." in reply
+    assert "1.3 Web Server — step 3 of 52" in reply
+
+    reply = await chat.say("!undo")
+    assert "↶ Undone: 1.2 Basic Internet is pending again." in reply
+    assert "1.2 Basic Internet — step 2 of 52" in reply
+
+    reply = await chat.say("!goto docker")
+    assert "➜ Moved to this step." in reply
+    assert "11.1 Docker — step 41 of 52" in reply
+
+    assert "◐ Working on 11.1 Docker. Good luck!" in await chat.say("!doing")
+
+    reply = await chat.say("!progress")
+    assert "Your progress: 2 done, 0 skipped, of 52 steps" in reply
+    assert " 1/3 1. Basic Internet, Operating System and Frontend Knowledge" in reply
+    assert " 1/13 2. Programming Language (Python)" in reply
+    assert "Current step: 11.1 Docker" in reply
+
+    reply = await chat.say("!roadmap")
+    assert "• ✓ 1.1 Bash/Terminal [bash-terminal]" in reply
+    assert "• ○ 1.2 Basic Internet [basic-internet]" in reply
+    assert "• ✓ 2.8 Python Web Frameworks [web-frameworks]" in reply
+    assert "• ◐ 11.1 Docker [docker] ← current" in reply
+
+    reply = await chat.say("!resources 1.3")
+    assert "1.3 Web Server — step 3 of 52" in reply
+    web_server = roadmap.get("web-server")
+    assert web_server is not None and len(web_server.resources) == 4
+    for resource in web_server.resources:
+        assert f"{resource.title} <{resource.url}> ({resource.kind})" in reply
+
+    reply = await chat.say("!help")
+    for usage in (
+        "!start",
+        "!next",
+        "!done [step]",
+        "!skip [step]",
+        "!undo",
+        "!goto <step>",
+        "!doing [step]",
+        "!progress",
+        "!roadmap",
+        "!resources [step]",
+        "!help",
+    ):
+        assert usage in reply
+
+    progress = await chat.progress()
+    assert progress.current_id == "docker"
+    assert {k: v for k, v in progress.states.items() if v != State.PENDING} == {
+        "bash-terminal": State.DONE,
+        "web-frameworks": State.DONE,
+        "docker": State.LEARNING,
+    }
+
+
+async def test_next_enrolls_implicitly(chat: Chat, store: Store) -> None:
+    assert not (await chat.progress()).enrolled
+    assert "1.1 Bash/Terminal — step 1 of 52" in await chat.say("!next")
+    assert (await chat.progress()).enrolled
+    assert [e.action for e in await store.history(chat.sender)] == ["enroll"]
+
+
+async def test_help_does_not_enroll(chat: Chat, store: Store) -> None:
+    await chat.say("!help")
+    assert not (await chat.progress()).enrolled
+    assert await store.history(chat.sender) == []
+
+
+async def test_unknown_command_suggests_the_closest(chat: Chat) -> None:
+    reply = await chat.say("!dne")
+    assert "I don't know the command “!dne”." in reply
+    assert "Did you mean !done" in reply
+
+
+async def test_accented_command_name_gets_a_suggestion(chat: Chat) -> None:
+    assert "Did you mean !done" in await chat.say("!dóne")
+
+
+async def test_unknown_step_offers_the_closest_and_changes_nothing(
+    chat: Chat, store: Store
+) -> None:
+    await chat.say("!start")
+    reply = await chat.say("!done dokcer")
+    assert "I don't know a step called “dokcer”. The closest are:" in reply
+    assert "• 11.1 Docker [docker]" in reply
+    assert [e.action for e in await store.history(chat.sender)] == ["enroll"]
+
+
+async def test_ambiguous_step_lists_the_candidates(chat: Chat) -> None:
+    reply = await chat.say("!goto testing")
+    assert "“testing” could be more than one step" in reply
+    assert "• 2.9 Unit Testing [unit-testing]" in reply
+    assert "• 7.1 Unit Testing [testing-unit]" in reply
+
+
+async def test_user_text_echoed_back_is_escaped(chat: Chat) -> None:
+    await chat.say("!done <b>x</b>")
+    assert "&lt;b&gt;x&lt;/b&gt;" in chat.last["formatted_body"]
+    assert "<b>" not in chat.last["formatted_body"]
+
+
+async def test_usage_errors_come_from_the_declaration(chat: Chat) -> None:
+    assert "Usage: !goto <step>" in await chat.say("!goto")
+    assert "Usage: !progress" in await chat.say("!progress now")
+
+
+async def test_undo_with_nothing_to_undo(chat: Chat) -> None:
+    assert "There is nothing to undo" in await chat.say("!undo")
+
+
+async def test_undo_refused_after_the_step_changed(chat: Chat) -> None:
+    await chat.say("!done")
+    await chat.say("!doing 1.1")
+    reply = await chat.say("!undo")
+    assert "can't be undone" in reply
+    assert (await chat.progress()).state("bash-terminal") == State.LEARNING
+
+
+async def test_undo_twice_walks_back_two_changes(chat: Chat) -> None:
+    await chat.say("!done")
+    await chat.say("!done")
+    await chat.say("!undo")
+    assert "↶ Undone: 1.1 Bash/Terminal is pending again." in await chat.say("!undo")
+    progress = await chat.progress()
+    assert progress.current_id == "bash-terminal"
+    assert progress.state("basic-internet") == State.PENDING
+
+
+async def test_undoing_a_named_done_keeps_a_later_goto(chat: Chat) -> None:
+    await chat.say("!done 2.8")  # the current step stays 1.1
+    await chat.say("!goto docker")
+    assert "↶ Undone: 2.8 Python Web Frameworks is pending again." in await chat.say("!undo")
+    assert "11.1 Docker — step 41 of 52" in chat.last["body"]
+    assert (await chat.progress()).current_id == "docker"
+
+
+async def test_reply_content_is_a_notice_replying_to_the_command(chat: Chat) -> None:
+    await chat.say("!next", event_id="$cmd-1")
+    content = chat.last
+    assert content["msgtype"] == "m.notice"
+    assert content["format"] == "org.matrix.custom.html"
+    assert "step 1 of 52" in content["body"]
+    assert "<strong>1.1 Bash/Terminal</strong>" in content["formatted_body"]
+    assert content["m.relates_to"] == {"m.in_reply_to": {"event_id": "$cmd-1"}}
+    assert content["m.mentions"] == {}
+
+
+async def test_same_event_twice_is_handled_once(chat: Chat, store: Store) -> None:
+    first = await chat.send("!done", event_id="$dup")
+    again = await chat.send("!done", event_id="$dup")
+    assert first and again is None
+    assert [e.action for e in await store.history(chat.sender)] == ["done", "enroll"]
+    assert [i.txn_id for i in await store.outbox()] == [reply_txn_id("$dup")]
+    assert (await chat.progress()).current_id == "basic-internet"
+
+
+async def test_text_that_is_no_command_gets_no_reply(chat: Chat, store: Store) -> None:
+    assert await chat.send("hello there") is None
+    assert await store.outbox() == []
+
+
+async def test_outbox_holds_the_reply_until_sent(chat: Chat, store: Store) -> None:
+    items = await chat.send("!next", event_id="$q")
+    assert items is not None
+    [reply] = items
+    queued = await store.outbox()
+    assert [(i.id, i.txn_id, i.room_id, i.content) for i in queued] == [
+        (reply.id, reply_txn_id("$q"), reply.room_id, reply.content)
+    ]
+    await store.outbox_sent(reply.id)
+    assert await store.outbox() == []
+
+
+async def test_history_has_one_row_per_change_newest_first(chat: Chat, store: Store) -> None:
+    await chat.say("!start")
+    await chat.say("!done")
+    await chat.say("!progress")  # reads only
+    await chat.say("!skip")
+    await chat.say("!nonsense")  # changes nothing
+    await chat.say("!undo")
+    history = await store.history(chat.sender)
+    assert [(e.action, e.step_id, e.from_state, e.to_state) for e in history] == [
+        ("undo", "basic-internet", "skipped", "pending"),
+        ("skip", "basic-internet", "pending", "skipped"),
+        ("done", "bash-terminal", "pending", "done"),
+        ("enroll", None, None, None),
+    ]
+    times = [e.at for e in history]
+    assert times == sorted(times, reverse=True)
+
+
+async def test_progress_survives_closing_and_reopening(tmp_path: Path, chat_on) -> None:
+    path = tmp_path / "data" / "bot.db"
+    store = await Store.open(path)
+    chat = chat_on(store)
+    await chat.say("!done")
+    await chat.say("!skip")
+    await chat.say("!goto docker")
+    await store.close()
+
+    store = await Store.open(path)
+    try:
+        chat = chat_on(store)
+        progress = await chat.progress()
+        assert progress.current_id == "docker"
+        assert progress.state("bash-terminal") == State.DONE
+        assert progress.state("basic-internet") == State.SKIPPED
+        assert "11.1 Docker — step 41 of 52" in await chat.say("!next")
+        # The skip is still the newest undoable change after the restart.
+        assert "↶ Undone: 1.2 Basic Internet" in await chat.say("!undo")
+    finally:
+        await store.close()
+
+
+async def test_too_long_command_gets_a_short_refusal(chat: Chat, store: Store) -> None:
+    reply = await chat.say("!done " + "x" * 2001)
+    assert "too long" in reply
+    assert len(reply) < 200
+    assert not (await chat.progress()).enrolled
+    assert await store.history(chat.sender) == []
+
+
+async def test_finishing_all_52_steps_congratulates(
+    chat: Chat, roadmap: Roadmap, store: Store
+) -> None:
+    for number in range(1, 52):
+        assert f"step {number + 1} of 52" in await chat.say("!done")
+    reply = await chat.say("!done")
+    assert "✓ Done: 14.1 Monitoring Engines." in reply
+    assert "Congratulations on finishing the roadmap!" in reply
+    assert "Next up" not in reply
+
+    reply = await chat.say("!next")
+    assert "You have been through the whole roadmap: 52 of 52 steps done, 0 skipped." in reply
+    assert "You have finished every step already." in await chat.say("!done")
+
+    # The mentors hear about it too, in their direct chat.
+    mentors = chat.dispatcher.services.mentors
+    assert mentors
+    assert {item.to_user for item in await store.outbox() if item.to_user} == set(mentors)

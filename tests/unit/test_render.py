@@ -1,0 +1,116 @@
+"""Rendering: plain body and HTML formatted_body say the same thing; user text stays text."""
+
+from __future__ import annotations
+
+import re
+
+from bot.progress import Progress, State
+from bot.render import (
+    Bold,
+    Code,
+    Link,
+    Message,
+    render_candidates,
+    render_current,
+    render_progress,
+    render_roadmap,
+    text,
+)
+from bot.roadmap import Roadmap
+
+HTML_TAG = re.compile(r"</?(p|ul|ol|li|strong|code|a|table|thead|tbody|tr|td|th)\b[^>]*>")
+
+
+def test_user_text_is_escaped_in_html() -> None:
+    reply = text("You said ", "<b>x</b> & <script>")
+    assert reply.html == "<p>You said &lt;b&gt;x&lt;/b&gt; &amp; &lt;script&gt;</p>"
+    assert reply.body == "You said <b>x</b> & <script>"
+
+
+def test_unknown_step_reply_escapes_the_query() -> None:
+    reply = render_candidates("<b>x</b>", [], ambiguous=False, prefix="!")
+    assert "&lt;b&gt;x&lt;/b&gt;" in reply.html
+    assert "<b>" not in reply.html
+    assert "“<b>x</b>”" in reply.body
+
+
+def test_bold_and_code_are_escaped_inside_their_tags() -> None:
+    reply = text(Bold("a<b"), Code("!goto <step>"))
+    assert reply.html == "<p><strong>a&lt;b</strong><code>!goto &lt;step&gt;</code></p>"
+
+
+def test_links_are_anchors_in_html_and_spelled_out_in_the_body() -> None:
+    reply = text("See ", Link("Docs & more", 'https://example.org/?a=1&b="2"'))
+    assert reply.html == (
+        '<p>See <a href="https://example.org/?a=1&amp;b=&quot;2&quot;">Docs &amp; more</a></p>'
+    )
+    assert reply.body == 'See Docs & more <https://example.org/?a=1&b="2">'
+
+
+def test_bullets_become_a_list() -> None:
+    reply = Message().line("Topics:").bullets([["one"], [Bold("two")]]).reply()
+    assert reply.html == "<p>Topics:</p><ul><li>one</li><li><strong>two</strong></li></ul>"
+    assert reply.body == "Topics:\n• one\n• two"
+
+
+def test_empty_bullets_add_nothing() -> None:
+    reply = Message().line("x").bullets([]).reply()
+    assert (reply.body, reply.html) == ("x", "<p>x</p>")
+
+
+def test_content_is_a_notice_with_both_renderings() -> None:
+    content = text("hi").content()
+    assert content == {
+        "msgtype": "m.notice",
+        "body": "hi",
+        "format": "org.matrix.custom.html",
+        "formatted_body": "<p>hi</p>",
+    }
+
+
+def test_step_view_links_every_resource_and_escapes_topics(roadmap: Roadmap) -> None:
+    web_server = roadmap.get("web-server")
+    assert web_server is not None
+    progress = Progress("@n:example.org", current_id="web-server")
+    reply = render_current(Message(), roadmap, progress, "!").reply()
+    for resource in web_server.resources:
+        assert f'<a href="{resource.url}">' in reply.html
+        assert f"<{resource.url}>" in reply.body
+    assert "<li>WSGI &amp; ASGI</li>" in reply.html
+    assert "• WSGI & ASGI" in reply.body
+    assert "step 3 of 52" in reply.body
+
+
+def test_bodies_carry_no_html(roadmap: Roadmap) -> None:
+    progress = Progress(
+        "@n:example.org",
+        current_id="docker",
+        states={"bash-terminal": State.DONE, "docker": State.LEARNING},
+    )
+    replies = [
+        render_current(Message(), roadmap, progress, "!").reply(),
+        render_progress(roadmap, progress),
+        render_roadmap(roadmap, progress),
+        render_candidates("dokcer", roadmap.steps[:2], ambiguous=False, prefix="!"),
+    ]
+    for reply in replies:
+        assert HTML_TAG.search(reply.body) is None, reply.body
+        assert HTML_TAG.search(reply.html) is not None
+
+
+def test_roadmap_view_marks_states_and_the_current_step(roadmap: Roadmap) -> None:
+    progress = Progress(
+        "@n:example.org",
+        current_id="docker",
+        states={
+            "bash-terminal": State.DONE,
+            "basic-internet": State.SKIPPED,
+            "docker": State.LEARNING,
+        },
+    )
+    lines = render_roadmap(roadmap, progress).body.splitlines()
+    assert "• ✓ 1.1 Bash/Terminal [bash-terminal]" in lines
+    assert "• ↷ 1.2 Basic Internet [basic-internet]" in lines
+    assert "• ◐ 11.1 Docker [docker] ← current" in lines
+    assert "• ○ 1.3 Web Server [web-server]" in lines
+    assert sum("← current" in line for line in lines) == 1

@@ -1,0 +1,194 @@
+"""The roadmap file: the real one loads completely, and a broken one is explained line by line."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.roadmap import Roadmap, RoadmapError, load_roadmap
+
+SEED_FILE = Path("/work/shared/seeds/000_c581697c755e9e56.txt")
+
+
+def problems(exc: pytest.ExceptionInfo[RoadmapError]) -> list[str]:
+    return str(exc.value).splitlines()
+
+
+def has_line(lines: list[str], *fragments: str) -> bool:
+    """True if a single line mentions every fragment: file, place and problem together."""
+    return any(all(f in line for f in fragments) for line in lines)
+
+
+def step(data: dict[str, Any], step_id: str) -> dict[str, Any]:
+    return next(s for sec in data["sections"] for s in sec["steps"] if s["id"] == step_id)
+
+
+# --- the real roadmap ----------------------------------------------------------------------
+
+
+def test_real_roadmap_has_52_steps_in_14_sections(roadmap: Roadmap) -> None:
+    assert len(roadmap) == 52
+    assert len(roadmap.sections) == 14
+    assert roadmap.title == "Python Backend Developer Roadmap"
+    assert [s.index for s in roadmap] == list(range(52))
+
+
+def test_real_roadmap_keeps_every_link_of_the_seed_document(roadmap: Roadmap) -> None:
+    seed_urls = set(re.findall(r"https?://[^) \s]+", SEED_FILE.read_text(encoding="utf-8")))
+    assert len(seed_urls) == 74
+    assert seed_urls - roadmap.all_urls() == set()
+    assert len(roadmap.all_urls()) == 74
+
+
+def test_real_roadmap_step_numbers_and_ids_are_unique(roadmap: Roadmap) -> None:
+    numbers = Counter(s.number for s in roadmap)
+    ids = Counter(s.id for s in roadmap)
+    assert [n for n, c in numbers.items() if c > 1] == []
+    assert [i for i, c in ids.items() if c > 1] == []
+
+
+def test_second_2_9_of_the_seed_became_2_13(roadmap: Roadmap) -> None:
+    # The seed numbers both "Unit Testing" and "Advanced Concept" as 2.9.
+    by_number = {s.number: s for s in roadmap}
+    assert by_number["2.9"].title == "Unit Testing"
+    assert by_number["2.13"].title == "Advanced Concepts"
+    assert [s.number for s in roadmap.sections[1].steps][-1] == "2.13"
+
+
+def test_real_roadmap_step_numbers_follow_their_section(roadmap: Roadmap) -> None:
+    for section in roadmap.sections:
+        for position, s in enumerate(section.steps, 1):
+            assert s.number == f"{section.number}.{position}"
+            assert s.section_id == section.id
+
+
+# --- loader errors -------------------------------------------------------------------------
+
+
+def test_small_valid_roadmap_loads(write_yaml, small_data) -> None:
+    loaded = load_roadmap(write_yaml(small_data))
+    assert [s.id for s in loaded] == ["a-one", "a-two", "a-three", "b-one", "b-two"]
+    assert loaded.steps[0].resources[0].url == "https://example.org/one"
+
+
+def test_duplicate_step_id_names_file_step_and_problem(write_yaml, small_data) -> None:
+    step(small_data, "b-two")["id"] = "a-one"
+    path = write_yaml(small_data)
+    with pytest.raises(RoadmapError) as exc:
+        load_roadmap(path)
+    assert has_line(problems(exc), str(path), "step a-one", "duplicate step id")
+
+
+def test_missing_title_names_the_step(write_yaml, small_data) -> None:
+    del step(small_data, "a-two")["title"]
+    path = write_yaml(small_data)
+    with pytest.raises(RoadmapError) as exc:
+        load_roadmap(path)
+    assert has_line(problems(exc), str(path), "step a-two", "missing title")
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://example.org/file", "example.org/no-scheme", "https://", "https://a b.org/"]
+)
+def test_bad_url_names_the_step_and_resource(write_yaml, small_data, url: str) -> None:
+    step(small_data, "a-one")["resources"][0]["url"] = url
+    path = write_yaml(small_data)
+    with pytest.raises(RoadmapError) as exc:
+        load_roadmap(path)
+    assert has_line(problems(exc), str(path), "step a-one, resource 1", "bad URL", repr(url))
+
+
+def test_unknown_key_is_named_with_the_allowed_ones(write_yaml, small_data) -> None:
+    step(small_data, "a-three")["titel"] = "typo"
+    path = write_yaml(small_data)
+    with pytest.raises(RoadmapError) as exc:
+        load_roadmap(path)
+    assert has_line(problems(exc), str(path), "step a-three", "unknown key 'titel'", "title")
+
+
+def test_unknown_resource_kind_lists_the_valid_kinds(write_yaml, small_data) -> None:
+    step(small_data, "a-one")["resources"][0]["kind"] = "podcast"
+    path = write_yaml(small_data)
+    with pytest.raises(RoadmapError) as exc:
+        load_roadmap(path)
+    assert has_line(
+        problems(exc), str(path), "step a-one, resource 1", "unknown kind 'podcast'", "video"
+    )
+
+
+@pytest.mark.parametrize("estimate", ["2 days", "soon", "3x"])
+def test_bad_estimate_shows_the_expected_form(write_yaml, small_data, estimate: str) -> None:
+    step(small_data, "a-one")["estimate"] = estimate
+    path = write_yaml(small_data)
+    with pytest.raises(RoadmapError) as exc:
+        load_roadmap(path)
+    assert has_line(problems(exc), str(path), "step a-one", f"estimate {estimate!r}", "2d")
+
+
+def test_invalid_yaml_names_the_file_and_line(write_yaml) -> None:
+    path = write_yaml("title: x\nsections: [\n  - id: broken\n")
+    with pytest.raises(RoadmapError) as exc:
+        load_roadmap(path)
+    first = problems(exc)[0]
+    assert first.startswith(f"{path}: line ")
+    assert "not valid YAML" in first
+
+
+def test_invalid_yaml_is_reported_on_one_line(write_yaml) -> None:
+    path = write_yaml("title: x\nsections: [\n  - id: broken\n")
+    with pytest.raises(RoadmapError) as exc:
+        load_roadmap(path)
+    assert len(problems(exc)) == 1
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere.yaml"
+    with pytest.raises(RoadmapError, match="cannot read the roadmap") as exc:
+        load_roadmap(path)
+    assert str(exc.value).startswith(str(path))
+
+
+def test_unreadable_file_is_named(tmp_path: Path) -> None:
+    # A directory where the file should be: reading fails the same way a permission error does,
+    # and unlike chmod 000 it also fails when the tests run as root.
+    path = tmp_path / "roadmap.yaml"
+    path.mkdir()
+    with pytest.raises(RoadmapError, match="cannot read the roadmap") as exc:
+        load_roadmap(path)
+    assert str(exc.value).startswith(str(path))
+
+
+def test_empty_file_is_not_a_roadmap(write_yaml) -> None:
+    path = write_yaml("")
+    with pytest.raises(RoadmapError) as exc:
+        load_roadmap(path)
+    assert has_line(problems(exc), str(path), "top level", "must be a mapping")
+
+
+def test_several_problems_are_reported_together(write_yaml, small_data) -> None:
+    step(small_data, "b-two")["id"] = "a-one"
+    del step(small_data, "a-two")["title"]
+    step(small_data, "a-one")["resources"][0]["kind"] = "podcast"
+    step(small_data, "a-three")["estimate"] = "soon"
+    path = write_yaml(small_data)
+    with pytest.raises(RoadmapError) as exc:
+        load_roadmap(path)
+    lines = problems(exc)
+    assert len(lines) == 4
+    assert all(line.startswith(f"{path}: ") for line in lines)
+    assert has_line(lines, "step a-one", "duplicate step id")
+    assert has_line(lines, "step a-two", "missing title")
+    assert has_line(lines, "step a-one, resource 1", "unknown kind")
+    assert has_line(lines, "step a-three", "estimate 'soon'")
+
+
+def test_duplicate_step_number_is_reported(write_yaml, small_data) -> None:
+    step(small_data, "a-two")["number"] = "1.1"
+    path = write_yaml(small_data)
+    with pytest.raises(RoadmapError) as exc:
+        load_roadmap(path)
+    assert has_line(problems(exc), str(path), "step a-two", "duplicate step number 1.1")
