@@ -59,21 +59,39 @@ class Candidate:
     timezone: str | None
     mentor: str | None
     nudges_in_row: int
+    escalated: bool = False  # a mentor was told already in this idle spell
+
+
+def should_escalate(policy: NudgePolicy, candidate: Candidate) -> bool:
+    """With the nudge about to go out: the streak has reached escalate_after, mentor not told."""
+    return not candidate.escalated and candidate.nudges_in_row + 1 >= policy.escalate_after
+
+
+def idle_if_due(policy: NudgePolicy, candidate: Candidate, now: datetime) -> timedelta | None:
+    """The idle working time if a nudge is due now, else None.
+
+    Due: idle for idle_after, not nudged within it, and a fine moment in the newcomer's zone.
+    """
+    tz = policy.zone_of(candidate.timezone)
+    if not may_nudge_now(now, tz, policy.working_days, policy.quiet):
+        return None
+    last = candidate.last_nudged_at
+    if last is not None and policy.idle_time(last, now, tz) < policy.idle_after:
+        return None
+    idle = policy.idle_time(candidate.last_activity_at, now, tz)
+    return idle if idle >= policy.idle_after else None
 
 
 def due(policy: NudgePolicy, candidate: Candidate, now: datetime) -> bool:
-    """Idle (in working time) for idle_after, not nudged within it, and a fine moment locally."""
-    tz = policy.zone_of(candidate.timezone)
-    if not may_nudge_now(now, tz, policy.working_days, policy.quiet):
-        return False
-    if policy.idle_time(candidate.last_activity_at, now, tz) < policy.idle_after:
-        return False
-    last = candidate.last_nudged_at
-    return last is None or policy.idle_time(last, now, tz) >= policy.idle_after
+    return idle_if_due(policy, candidate, now) is not None
 
 
-def select(policy: NudgePolicy, candidates: Iterable[Candidate], now: datetime) -> list[Candidate]:
-    return [c for c in candidates if due(policy, c, now)]
+def select(
+    policy: NudgePolicy, candidates: Iterable[Candidate], now: datetime
+) -> list[tuple[Candidate, timedelta]]:
+    """The candidates due a nudge now, each with its idle working time."""
+    found = ((c, idle_if_due(policy, c, now)) for c in candidates)
+    return [(c, idle) for c, idle in found if idle is not None]
 
 
 def attention_reasons(

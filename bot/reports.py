@@ -12,6 +12,10 @@ from bot.render import Bold, Code, Inline, Message, Reply, bar
 from bot.roadmap import Roadmap
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _day(at: datetime | None) -> str:
     return at.strftime("%Y-%m-%d") if at else "—"
 
@@ -111,11 +115,20 @@ def team_order(infos: Sequence[NewcomerInfo]) -> list[NewcomerInfo]:
 
 
 def render_team(
-    roadmap: Roadmap, infos: Sequence[NewcomerInfo], policy: NudgePolicy, now: datetime
+    roadmap: Roadmap,
+    infos: Sequence[NewcomerInfo],
+    policy: NudgePolicy,
+    now: datetime,
+    total: int | None = None,
 ) -> Reply:
+    """`infos` may be the first rows of `total`, in team order already or not."""
     if not infos:
         return Message().line("Nobody is enrolled yet.").reply()
-    m = Message().line(Bold(f"{len(infos)} newcomers"), " — most idle first, finished last:")
+    total = max(total or 0, len(infos))
+    shown = "" if total == len(infos) else f" (the {len(infos)} most idle shown)"
+    m = Message().line(
+        Bold(plural(total, "newcomer")), f" — most idle first, finished last{shown}:"
+    )
     rows: list[list[Inline]] = []
     for info in team_order(infos):
         step = roadmap.get(info.current_step)
@@ -139,6 +152,9 @@ def render_team(
     ).reply()
 
 
+DIGEST_ROWS = 25  # of each kind, so the digest stays well inside one Matrix event
+
+
 def render_digest(
     roadmap: Roadmap,
     infos: Sequence[NewcomerInfo],
@@ -149,22 +165,34 @@ def render_digest(
 ) -> Reply:
     progressed = [i for i in infos if done_this_week.get(i.user_id) and not i.finished_at]
     finished = [i for i in infos if i.finished_at and i.finished_at >= since]
-    stuck = [i for i in team_order(infos) if reasons_for(i, policy, now) and not i.finished_at]
+
+    def stuck_reasons(i: NewcomerInfo) -> list[str]:
+        return [r for r in reasons_for(i, policy, now) if r != "no mentor"]
+
+    stuck = [
+        i
+        for i in team_order(infos)
+        if not i.finished_at and not done_this_week.get(i.user_id) and stuck_reasons(i)
+    ]
     m = Message().line(Bold("Weekly onboarding digest"), f" — since {_day(since)}")
     rows: list[list[Inline]] = []
-    for i in progressed:
+    for i in progressed[:DIGEST_ROWS]:
         rows.append(
             [
                 i.user_id,
                 "progressed",
-                f"+{done_this_week[i.user_id]} steps, {i.done + i.skipped}/{len(roadmap)}",
+                f"+{plural(done_this_week[i.user_id], 'step')}, "
+                f"{i.done + i.skipped}/{len(roadmap)} in all",
             ]
         )
-    for i in stuck:
-        rows.append([i.user_id, "stuck", "; ".join(reasons_for(i, policy, now))])
-    for i in finished:
+    for i in stuck[:DIGEST_ROWS]:
+        rows.append([i.user_id, "stuck", "; ".join(stuck_reasons(i))])
+    for i in finished[:DIGEST_ROWS]:
         rows.append([i.user_id, "finished", _day(i.finished_at)])
     if not rows:
         return m.line("A quiet week: nobody progressed, got stuck or finished.").reply()
     m.line(f"{len(progressed)} progressed, {len(stuck)} stuck, {len(finished)} finished.")
-    return m.table(["newcomer", "", "details"], rows).reply()
+    m.table(["newcomer", "", "details"], rows)
+    if max(len(progressed), len(stuck), len(finished)) > DIGEST_ROWS:
+        m.line(f"(at most {DIGEST_ROWS} of each shown; !team has everyone)")
+    return m.reply()

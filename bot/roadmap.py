@@ -312,6 +312,8 @@ def load_roadmap(path: Path) -> Roadmap:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RoadmapError(f"{path}: cannot read the roadmap: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise RoadmapError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -16,8 +16,9 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from bot.nudges import NudgePolicy, escalation_message, nudge_message, select
+from bot.nudges import NudgePolicy, escalation_message, nudge_message, select, should_escalate
 from bot.ops import RecordNudge, Send
+from bot.progress import current_step
 from bot.reports import render_digest
 from bot.roadmap import Roadmap
 from bot.store import Store, ts
@@ -64,16 +65,17 @@ class Jobs:
         candidates = await self.store.nudge_candidates(now, now - policy.idle_after)
         ops: list[RecordNudge] = []
         messages: list[tuple[str, Send]] = []
-        for c in select(policy, candidates, now):
+        for c, idle in select(policy, candidates, now):
             step = roadmap.get(c.current_step)
-            idle = policy.idle_time(c.last_activity_at, now, policy.zone_of(c.timezone))
+            if step is None:  # the pointed step was removed by a reload; rare, so read it all
+                step = current_step(roadmap, await self.store.load_progress(c.user_id))
             streak = c.nudges_in_row + 1
             # One nudge per (idle spell, count): the same plan run twice queues nothing new.
             key = f"nudge/{c.user_id}/{ts(c.last_activity_at)}/{streak}"
             ops.append(RecordNudge(c.user_id, "nudge", step.id if step else None, "scheduler"))
             content = nudge_message(roadmap, c.user_id, step, idle, self.prefix)
             messages.append((job_txn_id(key), Send("nudge", content, **self._target(c.user_id))))
-            if streak == policy.escalate_after:
+            if should_escalate(policy, c):
                 mentors = [c.mentor] if c.mentor else sorted(self.mentors())
                 ops.append(RecordNudge(c.user_id, "escalation", None, "scheduler"))
                 note = escalation_message(c.user_id, step, idle, streak, mentors)

@@ -178,7 +178,7 @@ class Store:
     async def open(cls, path: Path) -> Store:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # SQLite gives the -wal and -shm files the database file's mode: make it owner-only first.
-        path.touch(mode=0o600, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         os.chmod(path, 0o600)
         db = await aiosqlite.connect(path, isolation_level=None)
         db.row_factory = aiosqlite.Row
@@ -228,8 +228,12 @@ class Store:
         async with self._db.execute(sql, tuple(params)) as cur:
             return await cur.fetchone()
 
-    async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
-        async with self._db.execute(sql, tuple(params)) as cur:
+    async def _all(
+        self, sql: str, params: Iterable[Any] | dict[str, Any] = ()
+    ) -> list[aiosqlite.Row]:
+        async with self._db.execute(
+            sql, params if isinstance(params, dict) else tuple(params)
+        ) as cur:
             return list(await cur.fetchall())
 
     # --- progress -------------------------------------------------------------------------
@@ -517,27 +521,39 @@ class Store:
 
     # --- mentors' views ---------------------------------------------------------------------
 
+    async def count_newcomers(self) -> int:
+        row = await self._one("SELECT count(*) FROM newcomers")
+        return int(row[0]) if row else 0
+
     async def known_users(self) -> list[str]:
         return [r["user_id"] for r in await self._all("SELECT user_id FROM newcomers")]
 
     async def newcomers(
-        self, step_ids: Iterable[str], user_id: str | None = None
+        self, step_ids: Iterable[str], user_id: str | None = None, limit: int = -1
     ) -> list[NewcomerInfo]:
-        """Every enrolled newcomer (or one), with done/skipped counted over `step_ids`."""
-        ids = json.dumps(list(step_ids))
+        """Enrolled newcomers (or one), most idle first and finished last, at most `limit`.
+
+        done/skipped count only `step_ids`, the steps of the roadmap in use.
+        """
+        one = "WHERE user_id = :user" if user_id else ""
+        # Pick the page first, then count only for it: !team stays cheap with 10,000 enrolled.
         rows = await self._all(
-            """
-            SELECT n.*,
-              (SELECT count(*) FROM nudges u WHERE u.user_id = n.user_id AND u.kind = 'nudge')
-                AS nudges_total,
-              (SELECT count(*) FROM progress p WHERE p.user_id = n.user_id AND p.state = 'done'
-                 AND p.step_id IN (SELECT value FROM json_each(?))) AS done,
-              (SELECT count(*) FROM progress p WHERE p.user_id = n.user_id
-                 AND p.state = 'skipped' AND p.step_id IN (SELECT value FROM json_each(?)))
-                AS skipped
-            FROM newcomers n WHERE (? IS NULL OR n.user_id = ?)
+            f"""
+            WITH steps (step_id) AS (SELECT value FROM json_each(:steps)),
+            page AS (
+                SELECT * FROM newcomers {one}
+                ORDER BY finished_at IS NOT NULL, last_activity_at, user_id LIMIT :limit)
+            SELECT page.*,
+              (SELECT count(*) FROM progress p WHERE p.user_id = page.user_id
+                 AND p.state = 'done' AND p.step_id IN steps) AS done,
+              (SELECT count(*) FROM progress p WHERE p.user_id = page.user_id
+                 AND p.state = 'skipped' AND p.step_id IN steps) AS skipped,
+              (SELECT count(*) FROM nudges u WHERE u.user_id = page.user_id
+                 AND u.kind = 'nudge') AS nudges_total
+            FROM page
+            ORDER BY finished_at IS NOT NULL, last_activity_at, user_id
             """,
-            (ids, ids, user_id, user_id),
+            {"steps": json.dumps(list(step_ids)), "user": user_id, "limit": limit},
         )
         return [
             NewcomerInfo(
@@ -567,8 +583,11 @@ class Store:
         rows = await self._all(
             """
             SELECT user_id, current_step, last_activity_at, last_nudged_at, timezone, mentor,
-                   nudges_in_row
-            FROM newcomers
+                   nudges_in_row,
+                   EXISTS (SELECT 1 FROM nudges e WHERE e.user_id = n.user_id
+                           AND e.kind = 'escalation' AND e.sent_at > n.last_activity_at)
+                     AS escalated
+            FROM newcomers n
             WHERE finished_at IS NULL AND last_activity_at <= ?
               AND (last_nudged_at IS NULL OR last_nudged_at <= ?)
               AND (paused_until IS NULL OR paused_until <= ?)
@@ -585,6 +604,7 @@ class Store:
                 r["timezone"],
                 r["mentor"],
                 r["nudges_in_row"],
+                bool(r["escalated"]),
             )
             for r in rows
         ]

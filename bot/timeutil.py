@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DAY_NAMES: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -123,6 +124,7 @@ def _aware(value: datetime, what: str) -> datetime:
     return value.astimezone(UTC)
 
 
+@lru_cache(maxsize=4096)
 def _midnight(day: date, tz: ZoneInfo) -> datetime:
     # Where a zone skips midnight, fold=0 lands on the instant of the jump, so consecutive
     # midnights never go backwards and the days tile the timeline without gaps or overlaps.
@@ -137,6 +139,8 @@ def working_time_between(
     start, end = _aware(start, "start"), _aware(end, "end")
     if end <= start:
         return timedelta(0)
+    if len(working_days) == 7:
+        return end - start
     total = timedelta(0)
     # One day either side covers zones whose midnight is not exactly where astimezone says.
     day = start.astimezone(tz).date() - _DAY

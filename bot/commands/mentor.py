@@ -11,6 +11,7 @@ from bot.reports import render_history, render_status, render_team
 from bot.roadmap import Roadmap, RoadmapError
 
 commands = CommandSet()
+TEAM_ROWS = 50  # a Matrix event holds 64 KiB; a longer table is unreadable in a chat anyway
 USER = Arg("user", ArgKind.USER, required=True)
 
 
@@ -62,8 +63,10 @@ async def history(ctx: Ctx, user: str) -> Outcome:
     private=True,
 )
 async def team(ctx: Ctx) -> Outcome:
-    infos = await ctx.services.store.newcomers([s.id for s in ctx.roadmap])
-    return Outcome(render_team(ctx.roadmap, infos, ctx.services.policy, ctx.now))
+    store = ctx.services.store
+    infos = await store.newcomers([s.id for s in ctx.roadmap], limit=TEAM_ROWS)
+    total = await store.count_newcomers()
+    return Outcome(render_team(ctx.roadmap, infos, ctx.services.policy, ctx.now, total))
 
 
 @commands.command(

@@ -8,8 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from bot.dispatch import reply_txn_id
 from bot.progress import State
 from bot.roadmap import Roadmap
