@@ -30,3 +30,14 @@ lint: $(VENV)/.installed
 
 test: lint
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# A throw-away local Synapse, the bot, and a terminal chat with it as @newcomer:localhost.
+.PHONY: demo
+$(VENV)/.installed-demo: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[demo]'
+	touch $@
+
+demo: $(VENV)/.installed-demo
+	$(PY) -m bot demo

@@ -1,4 +1,9 @@
-"""Wiring: the one place that builds the store, the dispatcher, the jobs and the Matrix edge."""
+"""Wiring: the one place that builds the store, the dispatcher, the jobs and the Matrix edge.
+
+Start: store, login, first sync, team room, then the jobs. Stop (SIGTERM/SIGINT): no more
+commands, replies already committed are sent, the scheduler stops, the database closes.
+The device is never logged out: its keys must survive to the next start.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,27 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
+from datetime import UTC, datetime
 
 from bot.commands import all_commands
+from bot.commands.registry import Services
 from bot.config import Config
-from bot.dispatch import Dispatcher, People, Services
+from bot.dispatch import Dispatcher, FloodGate, People
+from bot.health import HealthServer
 from bot.matrix import MatrixBot
+from bot.metrics import Metrics
 from bot.nudges import NudgePolicy
+from bot.reports import reasons_for
 from bot.roadmap import Roadmap, load_roadmap
 from bot.scheduler import DIGEST, NUDGES, Jobs, Scheduler
 from bot.store import Store
+from bot.timeutil import parse_duration
 
 log = logging.getLogger(__name__)
+
+FLUSH_ON_STOP_SECONDS = 5.0  # of the 10 s a container runtime gives before SIGKILL
+GAUGE_REFRESH_SECONDS = 30.0
 
 
 def nudge_policy(config: Config, team_room_id: str | None) -> NudgePolicy:
@@ -32,8 +47,36 @@ def nudge_policy(config: Config, team_room_id: str | None) -> NudgePolicy:
     )
 
 
+class Gauges:
+    """Newcomer counts and database size for /metrics, recomputed at most every 30 s."""
+
+    def __init__(self, store: Store, dispatcher: Dispatcher, services: Services, metrics: Metrics):
+        self.store, self.dispatcher, self.services, self.metrics = (
+            store,
+            dispatcher,
+            services,
+            metrics,
+        )
+        self._at = 0.0
+
+    async def refresh(self) -> None:
+        self.metrics.database_bytes.set(self.store.size_bytes())
+        if time.monotonic() - self._at < GAUGE_REFRESH_SECONDS:
+            return
+        now = datetime.now(UTC)
+        infos = await self.store.newcomers([s.id for s in self.dispatcher.roadmap])
+        policy = self.services.policy
+        finished = sum(1 for i in infos if i.finished_at)
+        attention = sum(1 for i in infos if reasons_for(i, policy, now))
+        self.metrics.newcomers.labels("enrolled").set(len(infos))
+        self.metrics.newcomers.labels("finished").set(finished)
+        self.metrics.newcomers.labels("needs_attention").set(attention)
+        self._at = time.monotonic()
+
+
 async def run_bot(config: Config, roadmap: Roadmap, stop: asyncio.Event) -> None:
     store = await Store.open(config.database_path)
+    metrics = Metrics()
     mentors = frozenset(config.people.mentors)
     matrix: MatrixBot | None = None
 
@@ -55,41 +98,68 @@ async def run_bot(config: Config, roadmap: Roadmap, stop: asyncio.Event) -> None
         services=services,
         prefix=config.bot.command_prefix,
         mentor_commands_in_rooms=config.bot.mentor_commands_in_rooms,
+        metrics=metrics,
+        flood=FloodGate(
+            config.bot.flood_limit,
+            int(parse_duration(config.bot.flood_window).total_seconds() * 1000),
+        ),
     )
-    matrix = MatrixBot(config, store, dispatcher)
+    matrix = MatrixBot(config, store, dispatcher, metrics)
+    health: HealthServer | None = None
     scheduler: Scheduler | None = None
+    sync: asyncio.Task[None] | None = None
     try:
+        if (listen := config.http.host_port) is not None:
+            gauges = Gauges(store, dispatcher, services, metrics)
+            health = HealthServer(*listen, metrics, matrix.healthy, gauges.refresh)
+            await health.start()
         await matrix.login()
         sync = asyncio.create_task(matrix.run(), name="sync")
-        stopper = asyncio.create_task(stop.wait(), name="stop")
-        synced = asyncio.create_task(matrix.synced.wait(), name="synced")
-        done, _ = await asyncio.wait({sync, stopper, synced}, return_when=asyncio.FIRST_COMPLETED)
-        if synced in done:
+        if await _first(sync, stop, matrix.synced):
             # Jobs start only once logged in and synced: a nudge needs the rooms in memory.
             await matrix.join_team_room()
             services.policy = nudge_policy(config, matrix.team_room_id)
-            scheduler = _start_jobs(config, store, dispatcher, services, matrix)
+            scheduler = _scheduler(config, store, dispatcher, services, matrix, metrics)
             await scheduler.start()
-            done, _ = await asyncio.wait({sync, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if sync in done:
-            stopper.cancel()
+            await _first(sync, stop)
+        if sync.done():
             sync.result()  # a fatal error ends the bot with its message
-        log.info("stopping")
-        matrix.stop()
-        sync.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sync
+        log.info("stopping: no more commands; sending the replies already queued")
     finally:
         if scheduler is not None:
             scheduler.shutdown()
-        # The device is never logged out: its keys must survive to the next start.
+        matrix.stop()
+        if sync is not None:
+            sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sync
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(matrix.flush_outbox(), FLUSH_ON_STOP_SECONDS)
+        if health is not None:
+            await health.stop()
         await matrix.close()
         await store.close()
         log.info("stopped")
 
 
-def _start_jobs(
-    config: Config, store: Store, dispatcher: Dispatcher, services: Services, matrix: MatrixBot
+async def _first(
+    sync: asyncio.Task[None], stop: asyncio.Event, synced: asyncio.Event | None = None
+) -> bool:
+    """Waits until the sync task ends, `stop` is set or `synced` is; True if synced came."""
+    waiters = [asyncio.create_task(e.wait()) for e in (stop, synced) if e is not None]
+    await asyncio.wait({sync, *waiters}, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in waiters:
+        waiter.cancel()
+    return synced is not None and synced.is_set() and not stop.is_set() and not sync.done()
+
+
+def _scheduler(
+    config: Config,
+    store: Store,
+    dispatcher: Dispatcher,
+    services: Services,
+    matrix: MatrixBot,
+    metrics: Metrics,
 ) -> Scheduler:
     jobs = Jobs(
         store=store,
@@ -98,13 +168,15 @@ def _start_jobs(
         mentors=lambda: services.mentors,
         prefix=config.bot.command_prefix,
         on_queued=matrix.flush_outbox,
+        metrics=metrics,
     )
     scheduler = Scheduler(jobs, store)
+    loop = asyncio.get_running_loop()
     if config.nudges.enabled:
         scheduler.add(NUDGES, config.nudges.schedule, config.nudges.timezone)
         # `kill -USR1 <pid>` runs the nudge sweep now, through the scheduler.
-        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, scheduler.run_now, NUDGES)
+        loop.add_signal_handler(signal.SIGUSR1, scheduler.run_now, NUDGES)
     if config.digest is not None:
         scheduler.add(DIGEST, config.digest.schedule, config.digest.timezone)
-        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, scheduler.run_now, DIGEST)
+        loop.add_signal_handler(signal.SIGUSR2, scheduler.run_now, DIGEST)
     return scheduler

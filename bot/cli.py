@@ -1,4 +1,4 @@
-"""The `onboarding-bot` command line: run the bot, or check a config and roadmap."""
+"""The `onboarding-bot` command line: run the bot, check its config, admin tasks, the demo."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from bot import admin
 from bot.app import run_bot
 from bot.config import Config, ConfigError, load_config
 from bot.logs import setup_logging
@@ -36,7 +37,66 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"roadmap {config.roadmap}: {len(roadmap)} steps in {len(roadmap.sections)} sections, "
         f"{len(roadmap.all_urls())} links"
     )
+    if args.online:
+        problems = asyncio.run(admin.online_check(config))
+        for problem in problems:
+            print(f"{args.config}: {problem}", file=sys.stderr)
+        if problems:
+            return EXIT_CONFIG
+        print(f"{config.matrix.homeserver}: reachable; logged in as {config.matrix.user_id}")
     return EXIT_OK
+
+
+def _loaded(args: argparse.Namespace) -> tuple[Config, Roadmap] | int:
+    try:
+        return _load(args.config)
+    except (ConfigError, RoadmapError) as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    loaded = _loaded(args)
+    if isinstance(loaded, int):
+        return loaded
+    text = asyncio.run(admin.export(loaded[0], args.format, args.table))
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    loaded = _loaded(args)
+    if isinstance(loaded, int):
+        return loaded
+    try:
+        sys.stdout.write(asyncio.run(admin.status(*loaded, args.user)))
+    except LookupError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    loaded = _loaded(args)
+    if isinstance(loaded, int):
+        return loaded
+    asyncio.run(admin.backup(loaded[0], args.to))
+    print(f"backed up {loaded[0].database_path} to {args.to}")
+    return EXIT_OK
+
+
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_FAILURE
+    ok, why = asyncio.run(admin.healthcheck(config))
+    print(why)
+    return EXIT_OK if ok else EXIT_FAILURE
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -46,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ConfigError, RoadmapError) as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(config.logging)
+    setup_logging(config.logging, [config.matrix.password or "", config.matrix.access_token or ""])
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -63,18 +123,71 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def default_config() -> Path:
+    """$ONBOARDING_BOT_CONFIG (the container sets /data/config.yaml), else ./config.yaml."""
+    return Path(os.environ.get("ONBOARDING_BOT_CONFIG") or "config.yaml")
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from bot.chat import main as chat_main  # a terminal client: not needed by the bot itself
+
+    return chat_main(args.config, args.user, args.password)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bot.demo import main as demo_main  # needs matrix-synapse, the `demo` extra
+
+    return demo_main(args.dir)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="onboarding-bot", description="A Matrix bot that mentors newcomers through a roadmap."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, func, help_ in (
-        ("run", cmd_run, "connect to the homeserver and answer commands"),
-        ("check", cmd_check, "validate the config and the roadmap; exit 0 if good, 2 if not"),
-    ):
-        p = sub.add_parser(name, help=help_)
-        p.add_argument("--config", type=Path, default=Path("config.yaml"), help="config file")
+
+    def command(name: str, func: object, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument(
+            "--config",
+            type=Path,
+            default=default_config(),
+            help="config file (default: $ONBOARDING_BOT_CONFIG or ./config.yaml)",
+        )
         p.set_defaults(func=func)
+        return p
+
+    command("run", cmd_run, "connect to the homeserver and answer commands")
+    check = command("check", cmd_check, "validate the config and roadmap; exit 0 if good, 2 if not")
+    check.add_argument(
+        "--online", action="store_true", help="also reach the homeserver and log in as the bot"
+    )
+    export = command("export", cmd_export, "all progress and the activity log, as JSON or CSV")
+    export.add_argument("--format", choices=("json", "csv"), default="json")
+    export.add_argument(
+        "--table", choices=admin.EXPORT_TABLES, default="progress", help="which table, for CSV"
+    )
+    export.add_argument("--output", "-o", help="file to write (default: standard output)")
+    status = command("status", cmd_status, "a newcomer's status (or the team), as in the chat")
+    status.add_argument("user", nargs="?", help="@user:server; without it, the whole team")
+    backup = command("backup", cmd_backup, "copy the database safely, even while the bot runs")
+    backup.add_argument("--to", type=Path, required=True, help="the backup file to write")
+    command("healthcheck", cmd_healthcheck, "exit 0 if the running bot's /healthz says healthy")
+    chat = command("chat", cmd_chat, "chat with the bot from this terminal as a Matrix user")
+    chat.add_argument(
+        "--as", dest="user", required=True, help="your Matrix id, e.g. @nina:localhost"
+    )
+    chat.add_argument(
+        "--password",
+        default=os.environ.get("ONBOARDING_BOT_CHAT_PASSWORD"),
+        help="your password (default: $ONBOARDING_BOT_CHAT_PASSWORD, else asked for)",
+    )
+    demo = sub.add_parser(
+        "demo",
+        help="a throwaway local Synapse, the bot, and a terminal chat with it",
+    )
+    demo.add_argument("--dir", type=Path, default=Path("demo-data"), help="where it all lives")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

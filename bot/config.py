@@ -23,6 +23,7 @@ from bot.roadmap import yaml_problem
 MXID = re.compile(r"^@[^:\s]+:[A-Za-z0-9.\-]+(:\d+)?$")
 ENV_PASSWORD = "ONBOARDING_BOT_PASSWORD"
 ENV_ACCESS_TOKEN = "ONBOARDING_BOT_ACCESS_TOKEN"
+ENV_PREFIX = "ONBOARDING_BOT_"  # ONBOARDING_BOT_MATRIX__HOMESERVER overrides matrix.homeserver
 
 
 class ConfigError(ValueError):
@@ -44,6 +45,9 @@ class MatrixConfig(_Section):
     user_id: str
     password: str | None = None
     access_token: str | None = None
+    # Docker/Kubernetes secrets: read the secret from this file (relative to the config).
+    password_file: Path | None = None
+    access_token_file: Path | None = None
     device_name: str = "onboarding-bot"
     encryption: bool = True
 
@@ -77,6 +81,16 @@ class BotConfig(_Section):
     # Mentor answers (!status, !history, !team) in a room where non-mentors read along go to
     # the mentor's direct chat instead, unless this is true.
     mentor_commands_in_rooms: bool = False
+    # Flood control per sender: at most flood_limit commands per flood_window; then one
+    # "slow down" notice and silence until the window has passed.
+    flood_limit: int = Field(default=10, ge=1)
+    flood_window: str = "10s"
+
+    @field_validator("flood_window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        timeutil.parse_duration(value)
+        return value
 
     @field_validator("command_prefix")
     @classmethod
@@ -193,6 +207,27 @@ class LoggingConfig(_Section):
     format: Literal["text", "json"] = "text"
 
 
+class HttpConfig(_Section):
+    # host:port of the health and metrics listener; unset: no listener.
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            host, sep, port = value.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{value!r} must be host:port, e.g. 127.0.0.1:9100")
+        return value
+
+    @property
+    def host_port(self) -> tuple[str, int] | None:
+        if self.listen is None:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 class Config(_Section):
     matrix: MatrixConfig
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -203,6 +238,7 @@ class Config(_Section):
     nudges: NudgesConfig = Field(default_factory=NudgesConfig)
     digest: DigestConfig | None = None
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
 
     @property
     def allowed_servers(self) -> frozenset[str]:
@@ -235,13 +271,17 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: {yaml_problem(exc)}") from exc
+    if raw is None:
+        raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level: must be a mapping (see config.example.yaml)")
+    problems = apply_env_overrides(raw, environ)
+    base = path.resolve().parent
     matrix = raw.get("matrix")
     if isinstance(matrix, dict):
-        for key, env in (("password", ENV_PASSWORD), ("access_token", ENV_ACCESS_TOKEN)):
-            if environ.get(env):
-                matrix[key] = environ[env]
+        problems += _read_secrets(matrix, base, environ)
+    if problems:
+        raise ConfigError("\n".join(f"{path}: {p}" for p in problems))
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
@@ -249,13 +289,65 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         raise ConfigError("\n".join(lines)) from None
     if not config.matrix.password and not config.matrix.access_token:
         raise ConfigError(
-            f"{path}: matrix: needs password or access_token "
-            f"(or the {ENV_PASSWORD} / {ENV_ACCESS_TOKEN} environment variables)"
+            f"{path}: matrix: needs password, password_file, access_token or "
+            f"access_token_file (or the {ENV_PASSWORD} / {ENV_ACCESS_TOKEN} environment variables)"
         )
-    base = path.resolve().parent
     return config.model_copy(
         update={
             "roadmap": base / config.roadmap,
             "storage": StorageConfig(data_dir=base / config.storage.data_dir),
         }
     )
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+    """ONBOARDING_BOT_<KEY>__<SUBKEY>=value sets raw[key][subkey]; values are read as YAML.
+
+    Only names whose first part is a config section count, so ONBOARDING_BOT_PASSWORD and
+    ONBOARDING_BOT_CONFIG keep their own meanings. Returns problems, one line each.
+    """
+    problems = []
+    sections = set(Config.model_fields)
+    for name, text in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = name[len(ENV_PREFIX) :].lower().split("__")
+        if keys[0] not in sections or not all(keys):
+            continue
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        node = raw
+        for key in keys[:-1]:
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                problems.append(f"{name}: {'.'.join(keys[:-1])} is not a section")
+                break
+            node = child
+        else:
+            node[keys[-1]] = value
+    return problems
+
+
+def _read_secrets(matrix: dict[str, Any], base: Path, environ: Mapping[str, str]) -> list[str]:
+    """Fills password/access_token from the environment, else from *_file; returns problems."""
+    problems = []
+    for key, env in (("password", ENV_PASSWORD), ("access_token", ENV_ACCESS_TOKEN)):
+        file_key = f"{key}_file"
+        if environ.get(env):
+            matrix[key] = environ[env]
+        elif matrix.get(file_key):
+            secret_path = base / str(matrix[file_key])
+            try:
+                secret = secret_path.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or exc
+                problems.append(f"matrix.{file_key}: cannot read {secret_path}: {reason}")
+                continue
+            if not secret:
+                problems.append(f"matrix.{file_key}: {secret_path} is empty")
+            matrix[key] = secret
+    return problems

@@ -7,6 +7,7 @@ what the store queued. Everything a command changes and its messages are committ
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from bot.commands.registry import (
     parse,
     unknown_command_reply,
 )
+from bot.metrics import Metrics
 from bot.ops import Send
 from bot.render import Code, Reply, text
 from bot.roadmap import Roadmap
@@ -39,6 +41,34 @@ class Incoming:
     body: str
     formatted_body: str | None = None
     is_direct: bool = False  # only the sender and the bot are in the room
+    ts_ms: int | None = None  # when the homeserver received it (origin_server_ts)
+
+
+class FloodGate:
+    """Per sender, `limit` commands per `window_ms`; then one "slow down" and silence.
+
+    Judged by the homeserver's timestamps, so commands queued while the bot was down and
+    delivered at once are not mistaken for a flood.
+    """
+
+    def __init__(self, limit: int = 10, window_ms: int = 10_000) -> None:
+        self.limit, self.window_ms = limit, window_ms
+        self._seen: dict[str, deque[int]] = {}
+        self._warned: set[str] = set()
+
+    def check(self, sender: str, ts_ms: int) -> str:
+        """'ok', 'warn' (the first one over the limit) or 'drop'."""
+        seen = self._seen.setdefault(sender, deque())
+        while seen and seen[0] <= ts_ms - self.window_ms:
+            seen.popleft()
+        if len(seen) < self.limit:
+            seen.append(ts_ms)
+            self._warned.discard(sender)
+            return "ok"
+        if sender in self._warned:
+            return "drop"
+        self._warned.add(sender)
+        return "warn"
 
 
 @dataclass(frozen=True)
@@ -83,7 +113,11 @@ class Dispatcher:
         prefix: str,
         mentor_commands_in_rooms: bool = False,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        metrics: Metrics | None = None,
+        flood: FloodGate | None = None,
     ) -> None:
+        self.metrics = metrics
+        self.flood = flood or FloodGate()
         self.roadmap = roadmap
         self.commands = commands
         self.store = store
@@ -103,7 +137,22 @@ class Dispatcher:
             return None
         now = self.clock()
         cmd = self.commands.get(parsed.name)
-        outcome, finished = await self._run(msg, cmd, parsed.name, parsed.args, now)
+        verdict = self.flood.check(msg.sender, msg.ts_ms or int(now.timestamp() * 1000))
+        if verdict == "drop":
+            if self.metrics is not None:
+                self.metrics.commands.labels(cmd.name if cmd else "unknown", "flood").inc()
+            return None
+        if verdict == "warn":
+            slow = text(
+                f"Slow down, please: at most {self.flood.limit} commands in "
+                f"{self.flood.window_ms // 1000} seconds. I'll ignore the next few."
+            )
+            outcome, finished = Outcome(slow, outcome="flood"), None
+        else:
+            outcome, finished = await self._run(msg, cmd, parsed.name, parsed.args, now)
+        if self.metrics is not None:
+            label = cmd.name if cmd is not None else "unknown"
+            self.metrics.commands.labels(label, outcome.outcome).inc()
         reply = reply_content(outcome.reply, msg.event_id)
         txn = reply_txn_id(msg.event_id)
         first: list[tuple[str, Send]] = [(txn, Send("reply", reply, room_id=msg.room_id))]
@@ -148,18 +197,21 @@ class Dispatcher:
                 text(
                     f"That message is too long for a command (over {MAX_COMMAND_LENGTH} "
                     "characters); I have ignored it."
-                )
+                ),
+                outcome="too_long",
             ), None
         role = self.people.role_of(msg.sender)
         if cmd is None:
-            return Outcome(unknown_command_reply(self.commands, name, role, self.prefix)), None
+            reply = unknown_command_reply(self.commands, name, role, self.prefix)
+            return Outcome(reply, outcome="unknown"), None
         if cmd.role > role:
             return Outcome(
                 text(
                     f"Sorry, {self.prefix}{cmd.name} is for {cmd.role.name.lower()}s only. Say ",
                     Code(f"{self.prefix}help"),
                     " for the commands you can use.",
-                )
+                ),
+                outcome="refused",
             ), None
         progress = await self.store.load_progress(msg.sender)
         enrolled: tuple[rules.Change, ...] = ()

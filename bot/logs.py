@@ -4,12 +4,34 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 
 from bot.config import LoggingConfig
 
 CONTEXT_FIELDS = ("room", "sender")
+# Synapse access tokens, and tokens in URLs, whatever logged them.
+TOKEN_PATTERNS = (re.compile(r"syt_[A-Za-z0-9_]+"), re.compile(r"(access_token=)[^&\s]+"))
+
+
+class Redact(logging.Filter):
+    """Never a password or token in the logs, even if a library prints one."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s and len(s) >= 4]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = message
+        for secret in self.secrets:
+            clean = clean.replace(secret, "[redacted]")
+        for pattern in TOKEN_PATTERNS:
+            clean = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "[redacted]", clean)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
 
 
 class TextFormatter(logging.Formatter):
@@ -35,8 +57,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def setup_logging(config: LoggingConfig) -> None:
+def setup_logging(config: LoggingConfig, secrets: list[str] | None = None) -> None:
     handler = logging.StreamHandler(sys.stdout)
+    handler.addFilter(Redact(secrets or []))
     if config.format == "json":
         handler.setFormatter(JsonFormatter())
     else:

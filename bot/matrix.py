@@ -28,6 +28,7 @@ from nio import (
     LocalProtocolError,
     LoginResponse,
     MatrixRoom,
+    MegolmEvent,
     RoomCreateResponse,
     RoomMessageText,
     RoomPreset,
@@ -40,7 +41,9 @@ from nio import (
 )
 
 from bot.config import Config
-from bot.dispatch import Dispatcher, Incoming
+from bot.dispatch import Dispatcher, Incoming, reply_content
+from bot.e2e import maintain_keys
+from bot.metrics import Metrics
 from bot.ops import Send
 from bot.render import Code, Message
 from bot.store import OutboxItem, Store
@@ -56,7 +59,10 @@ SYNC_FILTER: dict[str, Any] = {
     "room": {"timeline": {"limit": 200}, "state": {"lazy_load_members": False}},
     "presence": {"not_types": ["*"]},
 }
-MAX_SEND_ATTEMPTS = 8
+MAX_SEND_ATTEMPTS = 8  # flushes a message may fail in before it is given up on
+SEND_TRIES = 3  # tries within one flush
+PERMANENT_ERRORS = {"M_FORBIDDEN", "M_NOT_FOUND", "M_TOO_LARGE", "M_BAD_JSON"}
+HEALTHY_SYNC_AGE = 90.0  # seconds; a long-poll sync returns at least every 30 s
 TRANSPORT_ERRORS = (ClientError, asyncio.TimeoutError, OSError, SendRetryError, LocalProtocolError)
 
 
@@ -94,8 +100,11 @@ class Backoff:
 
 
 class MatrixBot:
-    def __init__(self, config: Config, store: Store, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self, config: Config, store: Store, dispatcher: Dispatcher, metrics: Metrics
+    ) -> None:
         self.config = config
+        self.metrics = metrics
         self.store = store
         self.dispatcher = dispatcher
         data_dir = config.storage.data_dir
@@ -115,6 +124,8 @@ class MatrixBot:
         )
         self.max_event_age_ms = int(parse_duration(config.bot.max_event_age).total_seconds() * 1000)
         self.last_sync_ok: float | None = None
+        self.sync_failing = False
+        self._arrived: dict[str, float] = {}  # reply txn id -> when its command arrived
         self._first_start_ms = 0
         self._stopping = asyncio.Event()
         self._flush_lock = asyncio.Lock()
@@ -123,6 +134,8 @@ class MatrixBot:
         self.synced = asyncio.Event()
         self.client.add_event_callback(self._on_invite, InviteMemberEvent)
         self.client.add_event_callback(self._on_message, RoomMessageText)
+        self.client.add_event_callback(self._on_undecryptable, MegolmEvent)
+        self._told_undecryptable: set[tuple[str, str]] = set()
 
     # --- login ----------------------------------------------------------------------------
 
@@ -179,7 +192,19 @@ class MatrixBot:
     # --- the sync loop --------------------------------------------------------------------
 
     def stop(self) -> None:
+        """Takes no more commands. A sync in flight is abandoned; its events come again
+        with the saved token at the next start, and those already handled are skipped."""
         self._stopping.set()
+
+    def healthy(self) -> tuple[bool, str]:
+        if self.client.access_token is None or self.last_sync_ok is None:
+            return False, "not logged in and synced yet"
+        if self.sync_failing:
+            return False, "the last sync failed: the homeserver is unreachable or erroring"
+        age = time.monotonic() - self.last_sync_ok
+        if age > HEALTHY_SYNC_AGE:
+            return False, f"no successful sync for {age:.0f}s"
+        return True, "ok"
 
     async def run(self) -> None:
         first = await self.store.get_value(FIRST_START_KEY)
@@ -199,9 +224,11 @@ class MatrixBot:
                     full_state=full_state,
                 )
             except TRANSPORT_ERRORS as exc:
+                self._sync_failed()
                 await self._pause(backoff, f"sync failed: {exc!r}")
                 continue
             if isinstance(resp, SyncError):
+                self._sync_failed()
                 if resp.status_code == "M_UNKNOWN_TOKEN":
                     raise FatalMatrixError(
                         f"the homeserver no longer accepts the bot's access token ({resp.message})."
@@ -218,7 +245,13 @@ class MatrixBot:
             token = resp.next_batch
             await self.store.set_value(SYNC_TOKEN_KEY, token)
             self.last_sync_ok = time.monotonic()
+            self.sync_failing = False
+            self.metrics.last_sync.set(time.time())
             await self._after_sync()
+
+    def _sync_failed(self) -> None:
+        self.sync_failing = True
+        self.metrics.sync_failures.inc()
 
     async def _pause(self, backoff: Backoff, why: str) -> None:
         delay = backoff.next_delay()
@@ -227,15 +260,8 @@ class MatrixBot:
             await asyncio.wait_for(self._stopping.wait(), timeout=delay)
 
     async def _after_sync(self) -> None:
-        c = self.client
         try:
-            if c.should_upload_keys:
-                await c.keys_upload()
-            if c.should_query_keys:
-                await c.keys_query()
-            if c.should_claim_keys:
-                await c.keys_claim(c.get_users_for_key_claiming())
-            await c.send_to_device_messages()
+            await maintain_keys(self.client)
         except TRANSPORT_ERRORS as exc:
             log.warning("key maintenance failed, will retry after the next sync: %r", exc)
         await self.flush_outbox()
@@ -284,6 +310,7 @@ class MatrixBot:
         )
 
     async def _on_message(self, room: MatrixRoom, event: RoomMessageText) -> None:
+        arrived = time.monotonic()
         sender = event.sender
         if sender == self.client.user_id or not self._allowed(sender):
             return
@@ -312,12 +339,51 @@ class MatrixBot:
                 event.body,
                 formatted_body=content.get("formatted_body"),
                 is_direct=is_direct,
+                ts_ms=event.server_timestamp,
             )
         )
-        if items is not None:
+        if items:
+            self._arrived[items[0].txn_id] = arrived
             log.info(
                 "command handled, reply queued", extra={"room": room.room_id, "sender": sender}
             )
+
+    async def _on_undecryptable(self, room: MatrixRoom, event: MegolmEvent) -> None:
+        """A message the bot has no key for: ask the sender's devices for the key, and say
+        once per sender and session what to do."""
+        sender = event.sender
+        if sender == self.client.user_id or not self._allowed(sender):
+            return
+        joined = await self.store.room_joined_at(room.room_id) or self._first_start_ms
+        if event.server_timestamp < joined:
+            return
+        log.warning("could not decrypt a message", extra={"room": room.room_id, "sender": sender})
+        with contextlib.suppress(*TRANSPORT_ERRORS, LocalProtocolError):
+            await self.client.request_room_key(event)
+        key = (sender, event.session_id)
+        if key in self._told_undecryptable:
+            return
+        self._told_undecryptable.add(key)
+        note = (
+            Message()
+            .line(
+                "🔒 I couldn't decrypt your message: my device never received its key. "
+                "I've asked your devices for it. Please send the command again; if it keeps "
+                "happening, make sure your client shares keys with unverified devices, or "
+                "start a new direct chat with me."
+            )
+            .reply()
+        )
+        txn = (
+            "undecryptable-"
+            + hashlib.sha256(f"{sender}/{event.session_id}".encode()).hexdigest()[:32]
+        )
+        content = reply_content(note, event.event_id)
+        await self.store.commit_job(
+            ops=(),
+            messages=[(txn, Send("undecryptable", content, room_id=room.room_id))],
+            at=datetime.now(UTC),
+        )
 
     # --- sending --------------------------------------------------------------------------
 
@@ -327,15 +393,27 @@ class MatrixBot:
             await self._flush()
 
     async def _flush(self) -> None:
+        held_back: set[str] = set()
         for item in await self.store.outbox():
             if item.room_id is None and item.to_user is not None:
                 await self._open_direct_chat(item.id, item.to_user)
                 continue  # the new room arrives with the next sync
             if item.room_id not in self.client.rooms:
                 continue  # not synced yet (just joined or created): the next sync brings it
+            if item.room_id in held_back:
+                continue  # an earlier message to this room failed: keep them in order
             if await self._send(item):
                 await self.store.outbox_sent(item.id)
-            elif item.attempts + 1 >= MAX_SEND_ATTEMPTS:
+                if item.attempts:
+                    self.metrics.send_retries.inc()
+                arrived = self._arrived.pop(item.txn_id, None)
+                if arrived is not None:
+                    self.metrics.reply_latency.observe(time.monotonic() - arrived)
+                continue
+            self.metrics.send_failures.inc()
+            held_back.add(item.room_id or "")
+            if item.attempts + 1 >= MAX_SEND_ATTEMPTS:
+                self.metrics.send_dropped.inc()
                 log.error(
                     "giving up on message %s to %s after %d attempts",
                     item.txn_id,
@@ -405,20 +483,37 @@ class MatrixBot:
         return room.power_levels.get_user_level(user_id) if room else 0
 
     async def _send(self, item: OutboxItem) -> bool:
-        try:
-            resp = await self.client.room_send(
-                item.room_id,
-                "m.room.message",
-                item.content,
-                tx_id=item.txn_id,
-                ignore_unverified_devices=True,
+        """Sends one message, retrying transient failures with backoff; rate limits (429) are
+        waited out inside nio as the server's retry_after_ms says. The same transaction id on
+        every attempt lets the homeserver drop a duplicate."""
+        backoff = Backoff(base=0.5, cap=4.0)
+        for attempt in range(1, SEND_TRIES + 1):
+            try:
+                resp = await self.client.room_send(
+                    item.room_id,
+                    "m.room.message",
+                    item.content,
+                    tx_id=item.txn_id,
+                    ignore_unverified_devices=True,
+                )
+            except TRANSPORT_ERRORS as exc:
+                why = repr(exc)
+            else:
+                if isinstance(resp, RoomSendResponse):
+                    return True
+                why = f"{getattr(resp, 'status_code', '')} {getattr(resp, 'message', resp)}"
+                if getattr(resp, "status_code", None) in PERMANENT_ERRORS:
+                    log.warning("sending failed for good: %s", why, extra={"room": item.room_id})
+                    return False
+            log.warning(
+                "sending failed (attempt %d of %d): %s",
+                attempt,
+                SEND_TRIES,
+                why,
+                extra={"room": item.room_id},
             )
-        except TRANSPORT_ERRORS as exc:
-            log.warning("sending to %s failed: %r", item.room_id, exc)
-            return False
-        if isinstance(resp, RoomSendResponse):
-            return True
-        log.warning("sending to %s failed: %s", item.room_id, resp)
+            if attempt < SEND_TRIES and not self._stopping.is_set():
+                await asyncio.sleep(backoff.next_delay())
         return False
 
     async def close(self) -> None:

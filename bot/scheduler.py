@@ -16,6 +16,7 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from bot.metrics import Metrics
 from bot.nudges import NudgePolicy, escalation_message, nudge_message, select, should_escalate
 from bot.ops import RecordNudge, Send
 from bot.progress import current_step
@@ -45,7 +46,9 @@ class Jobs:
         prefix: str,
         on_queued: Callable[[], Awaitable[None]],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.store = store
         self.roadmap = roadmap
         self.policy = policy
@@ -93,6 +96,9 @@ class Jobs:
         ops, messages = await self.plan_nudges(now)
         if messages:
             await self.store.commit_job(ops=ops, messages=messages, at=now)
+            if self.metrics is not None:
+                for op in ops:
+                    self.metrics.nudges.labels(op.kind).inc()
             await self.on_queued()
         log.info("nudge sweep: %d nudged", sum(1 for o in ops if o.kind == "nudge"))
         return len(messages)

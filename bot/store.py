@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -198,6 +199,32 @@ class Store:
 
     async def close(self) -> None:
         await self._db.close()
+
+    async def export(self) -> dict[str, list[dict[str, Any]]]:
+        """Every newcomer, progress row and activity entry, as plain rows (for the admin CLI)."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for table, order in (
+            ("newcomers", "user_id"),
+            ("progress", "user_id, step_id"),
+            ("activity", "id"),
+        ):
+            rows = await self._all(f"SELECT * FROM {table} ORDER BY {order}")
+            out[table] = [dict(r) for r in rows]
+        return out
+
+    async def backup(self, target: Path) -> None:
+        """A consistent copy through SQLite's online backup API: safe while the bot runs."""
+        dest = sqlite3.connect(target)
+        try:
+            await self._db.backup(dest)
+        finally:
+            dest.close()
+        os.chmod(target, 0o600)
+
+    def size_bytes(self) -> int:
+        """The database with its write-ahead log, on disk."""
+        files = (self.path, self.path.with_name(self.path.name + "-wal"))
+        return sum(f.stat().st_size for f in files if f.exists())
 
     async def _migrate(self) -> None:
         async with self._db.execute("PRAGMA user_version") as cur:

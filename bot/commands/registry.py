@@ -88,6 +88,7 @@ class Outcome:
     ops: tuple[Op, ...] = ()
     messages: tuple[Send, ...] = ()
     new_roadmap: Roadmap | None = None
+    outcome: str = "ok"  # for metrics: ok, usage, refused, unknown, too_long
 
 
 Handler = Callable[..., Outcome | Awaitable[Outcome]]
@@ -287,7 +288,7 @@ async def invoke(cmd: Command, ctx: Ctx, raw_args: str) -> Outcome:
     try:
         values = await _arguments(cmd, ctx, raw_args)
     except UsageError as exc:
-        return Outcome(exc.reply)
+        return Outcome(exc.reply, outcome="usage")
     result = cmd.handler(ctx, **values)
     if inspect.isawaitable(result):
         result = await result

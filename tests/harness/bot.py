@@ -46,6 +46,8 @@ class BotProcess:
             "roadmap": str(REPO / "roadmap.yaml"),
             "people": {"mentors": mentors or [], "admins": admins or []},
             "logging": {"level": "DEBUG"},
+            # Tests type faster than people: flood control has a test of its own.
+            "bot": {"flood_limit": 1000},
         }
         for key, value in (extra or {}).items():
             if isinstance(value, dict):

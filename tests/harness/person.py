@@ -31,6 +31,8 @@ from nio import (
     SyncResponse,
 )
 
+from bot.e2e import maintain_keys
+
 __all__ = ["MakePerson", "Person", "ReceivedMessage"]
 
 log = logging.getLogger(__name__)
@@ -178,13 +180,7 @@ class Person:
         """The housekeeping ``sync_forever`` does between syncs."""
         client = self.client
         async with self._e2e_lock:
-            await client.send_to_device_messages()
-            if client.should_upload_keys:
-                await client.keys_upload()
-            if client.should_query_keys:
-                await client.keys_query()
-            if client.should_claim_keys:
-                await client.keys_claim(client.get_users_for_key_claiming())
+            await maintain_keys(client)
 
     def _collect(self, room_id: str, event: object) -> None:
         if isinstance(event, RoomMessage):

@@ -23,7 +23,7 @@ from tests.harness.bot import REPO, BotProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
-IDLE_AFTER = 6.0  # seconds of (all-week) working time before a nudge
+IDLE_AFTER = 10.0  # seconds of (all-week) working time before a nudge
 
 
 @dataclass

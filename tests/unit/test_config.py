@@ -61,7 +61,7 @@ def test_missing_credentials_are_an_error(write_yaml) -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(path, environ={})
     [line] = problem_lines(exc)
-    assert line.startswith(f"{path}: matrix: needs password or access_token")
+    assert line.startswith(f"{path}: matrix: needs password, password_file, access_token")
     assert "ONBOARDING_BOT_PASSWORD" in line
 
 

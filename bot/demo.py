@@ -1,0 +1,253 @@
+"""`onboarding-bot demo`: a throw-away local Synapse, the bot as a child process, a chat with it.
+
+Everything lives in one folder (default `demo-data/`); running the demo again reuses it, so
+progress survives. When the demo ends, nothing it started is left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import bot
+from bot.chat import ChatError, quiet_library_logs, run_chat, state_dir_for
+from bot.devserver import DevSynapse, SynapseError, spawn, stop_process
+
+EXIT_OK, EXIT_FAILURE = 0, 1
+READY = "first sync done; ready for commands"
+BOT_READY_TIMEOUT_S = 120.0
+PACKAGE_ROOT = Path(bot.__file__).resolve().parent.parent
+# The bot reads its password and any config key from ONBOARDING_BOT_* variables; the demo's
+# bot must use the demo's config, not whatever the shell has set for a real deployment.
+BOT_ENV_PREFIX = "ONBOARDING_BOT_"
+
+
+@dataclass(frozen=True)
+class Account:
+    localpart: str
+    password: str
+    role: str
+
+
+BOT = Account("mentor-bot", "mentor-bot-password", "the bot")
+NEWCOMER = Account("newcomer", "newcomer-password", "a newcomer: this terminal chats as them")
+MENTOR = Account("mentor", "mentor-password", "a mentor: try !team and !status newcomer")
+
+
+class DemoError(RuntimeError):
+    """The demo cannot start; the message says why and what to do."""
+
+
+def find_roadmap() -> Path:
+    """The repository's roadmap.yaml, next to the package (editable install) or in cwd."""
+    for candidate in (PACKAGE_ROOT / "roadmap.yaml", Path.cwd() / "roadmap.yaml"):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise DemoError(
+        f"no roadmap.yaml next to the package ({PACKAGE_ROOT}) or in {Path.cwd()}; "
+        "run the demo from the repository"
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Demo:
+    """The demo's folder and the two processes it runs there."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir.resolve()
+        self.config_path = self.workdir / "config.yaml"
+        self.log_path = self.workdir / "bot.log"
+        # Which processes belong to this run: for `ps`, for a second demo, and for the tests.
+        self.pids_path = self.workdir / "pids.json"
+        self.synapse = DevSynapse(self.workdir / "synapse")
+        self.bot_proc: subprocess.Popen[bytes] | None = None
+
+    def claim(self) -> None:
+        """Refuses to share the folder (and its databases) with a demo that is still running."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError, ValueError):
+            earlier = json.loads(self.pids_path.read_text(encoding="utf-8"))
+            pid = int(earlier.get("demo", 0))
+            if pid and pid != os.getpid() and _alive(pid):
+                raise DemoError(
+                    f"another demo (pid {pid}) is running in {self.workdir}; stop it first "
+                    "or use --dir"
+                )
+        self._write_pids()
+
+    def _write_pids(self) -> None:
+        pids = {
+            "demo": os.getpid(),
+            "synapse": self.synapse.pid,
+            "bot": self.bot_proc.pid if self.bot_proc is not None else None,
+        }
+        self.pids_path.write_text(json.dumps(pids), encoding="utf-8")
+
+    def write_config(self, roadmap: Path) -> None:
+        config: dict[str, Any] = {
+            "matrix": {
+                "homeserver": self.synapse.url,
+                "user_id": self.synapse.mxid(BOT.localpart),
+                "password": BOT.password,
+                "device_name": "onboarding-bot demo",
+            },
+            "storage": {"data_dir": "data"},
+            "roadmap": str(roadmap),
+            "people": {"mentors": [self.synapse.mxid(MENTOR.localpart)]},
+            "nudges": {"enabled": True},
+            "logging": {"level": "INFO"},
+        }
+        header = "# Written by `onboarding-bot demo` on every start; edits are overwritten.\n"
+        self.config_path.write_text(header + yaml.safe_dump(config, sort_keys=False))
+
+    async def start_synapse(self) -> None:
+        await self.synapse.start()
+        for account in (BOT, NEWCOMER, MENTOR):
+            await self.synapse.ensure_user(account.localpart, account.password)
+        self._write_pids()
+
+    async def start_bot(self) -> None:
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        env = {k: v for k, v in os.environ.items() if not k.startswith(BOT_ENV_PREFIX)}
+        # The child finds this very package even when it is not installed.
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")])
+        )
+        self.bot_proc = spawn(
+            [sys.executable, "-m", "bot", "run", "--config", str(self.config_path)],
+            cwd=self.workdir,
+            log_path=self.log_path,
+            env=env,
+        )
+        self._write_pids()
+        deadline = time.monotonic() + BOT_READY_TIMEOUT_S
+        while READY not in self._log_since(offset):
+            if self.bot_proc.poll() is not None:
+                raise DemoError(
+                    f"the bot exited with status {self.bot_proc.returncode} while starting; "
+                    f"last lines of {self.log_path}:\n{self._log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"the bot was not ready after {BOT_READY_TIMEOUT_S:.0f}s; "
+                    f"last lines of {self.log_path}:\n{self._log_tail()}"
+                )
+            await asyncio.sleep(0.1)
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(offset)
+                return f.read().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _log_tail(self, lines: int = 20) -> str:
+        return "\n".join(self._log_since(0).splitlines()[-lines:])
+
+    async def stop(self) -> None:
+        """Bot first (it may still be sending), then Synapse; each SIGTERM, then SIGKILL."""
+        if self.bot_proc is not None:
+            await stop_process(self.bot_proc)
+        await self.synapse.stop()
+
+    def instructions(self, seconds: float) -> str:
+        s = self.synapse
+        width = max(len(s.mxid(a.localpart)) for a in (BOT, NEWCOMER, MENTOR))
+        users = "\n".join(
+            f"    {s.mxid(a.localpart):<{width}}  password {a.password:<20}  {a.role}"
+            for a in (NEWCOMER, MENTOR, BOT)
+        )
+        return (
+            f"Demo ready in {seconds:.1f}s. Everything lives in {self.workdir} "
+            "(delete it to start over).\n"
+            f"  Homeserver: {s.url}\n"
+            "  In Element (desktop, or app.element.io in this machine's browser): Sign in →\n"
+            "  Edit the homeserver → the URL above, then sign in as one of\n"
+            f"{users}\n"
+            "  Or chat as the mentor from another terminal:\n"
+            f"    {sys.executable} -m bot chat --config {self.config_path} "
+            f"--as {s.mxid(MENTOR.localpart)} --password {MENTOR.password}\n"
+            f"  Bot log: {self.log_path}\n"
+        )
+
+
+async def run_demo(workdir: Path) -> None:
+    began = time.monotonic()
+    demo = Demo(workdir)
+    roadmap = find_roadmap()
+    if importlib.util.find_spec("synapse") is None:
+        raise DemoError(
+            "matrix-synapse is not installed: run `make demo`, or pip install -e '.[demo]'"
+        )
+    demo.claim()
+    # Ctrl-C, SIGTERM and SIGHUP (terminal closed) all end the demo through the cleanup below,
+    # even when a shell started it in the background with SIGINT ignored.
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+
+    cleaning = asyncio.Event()
+
+    def stop() -> None:
+        # Cancel again until it takes (a library may swallow one), but never the cleanup.
+        if not task.done() and not cleaning.is_set():
+            task.cancel()
+            loop.call_later(1.0, stop)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop)
+    try:
+        print(f"Starting a local Synapse homeserver in {demo.synapse.workdir} …", flush=True)
+        await demo.start_synapse()
+        demo.write_config(roadmap)
+        print(f"Starting the bot (log: {demo.log_path}) …", flush=True)
+        await demo.start_bot()
+        print(demo.instructions(time.monotonic() - began), flush=True)
+        newcomer = demo.synapse.mxid(NEWCOMER.localpart)
+        await run_chat(
+            demo.synapse.url,
+            demo.synapse.mxid(BOT.localpart),
+            newcomer,
+            NEWCOMER.password,
+            state_dir_for(demo.workdir / "data", newcomer),
+        )
+    finally:
+        cleaning.set()
+        print("\nStopping the bot and Synapse …", flush=True)
+        await demo.stop()
+        print(f"Stopped. Run the demo again to carry on where you left off ({demo.workdir}).")
+
+
+def main(workdir: Path) -> int:
+    """`onboarding-bot demo`: exit 0 after Ctrl-C or Ctrl-D, 1 when it cannot start."""
+    quiet_library_logs()
+    try:
+        asyncio.run(run_demo(workdir))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass
+    except (DemoError, SynapseError, ChatError) as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
