@@ -1,0 +1,136 @@
+"""Property tests over arbitrary text: nothing a user types makes the bot raise, and every
+command gets exactly one reply while anything else is deliberately ignored."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bot.commands import all_commands
+from bot.commands.registry import Services, parse
+from bot.dispatch import Dispatcher, FloodGate, Incoming, People
+from bot.nudges import NudgePolicy
+from bot.roadmap import find_step, load_roadmap
+from bot.store import Store
+from bot.timeutil import DEFAULT_WORKING_DAYS, parse_timezone
+
+ROADMAP = load_roadmap(Path(__file__).resolve().parents[2] / "roadmap.yaml")
+MENTOR = "@mentor:example.org"
+ADMIN = "@admin:example.org"
+NOW = datetime(2026, 11, 25, 11, 0, tzinfo=UTC)
+
+command_names = st.sampled_from(
+    sorted({name for c in all_commands() for name in (c.name, *c.aliases)}) + ["dnoe", "x"]
+)
+words = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40
+) | st.sampled_from(["2.8", "docker", "@nina:example.org", "nina", "5d", "Europe/Berlin", "web"])
+commandish = st.builds(
+    lambda prefix, name, args: f"{prefix}{name} {' '.join(args)}",
+    st.sampled_from(["!", "! ", "", "!!"]),
+    command_names,
+    st.lists(words, max_size=3),
+)
+bodies = st.one_of(st.text(max_size=200), commandish)
+html = st.one_of(
+    st.none(),
+    st.text(max_size=100),
+    st.builds(lambda u: f'<a href="https://matrix.to/#/{u}">{u}</a>', st.text(max_size=30)),
+)
+senders = st.sampled_from(["@nina:example.org", "@omar:example.org", MENTOR, ADMIN])
+
+
+@pytest.fixture(scope="module")
+def world(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[asyncio.AbstractEventLoop, Dispatcher]]:
+    loop = asyncio.new_event_loop()
+    store = loop.run_until_complete(Store.open(tmp_path_factory.mktemp("prop") / "bot.db"))
+    policy = NudgePolicy(
+        idle_after=timedelta(days=3),
+        timezone=parse_timezone("Europe/Berlin"),
+        working_days=DEFAULT_WORKING_DAYS,
+        quiet=None,
+        escalate_after=3,
+        target="dm",
+        team_room=None,
+    )
+    services = Services(
+        store=store,
+        policy=policy,
+        mentors=frozenset({MENTOR}),
+        server_name="example.org",
+        load_roadmap=lambda: ROADMAP,
+    )
+    dispatcher = Dispatcher(
+        roadmap=ROADMAP,
+        commands=all_commands(),
+        store=store,
+        people=People(frozenset({MENTOR}), frozenset({ADMIN})),
+        services=services,
+        prefix="!",
+        clock=lambda: NOW,
+        flood=FloodGate(limit=10**9),
+    )
+    yield loop, dispatcher
+    loop.run_until_complete(store.close())
+    loop.close()
+
+
+_ids = itertools.count()
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(body=bodies, formatted=html, sender=senders, direct=st.booleans())
+def test_every_command_gets_exactly_one_reply_and_nothing_else_any(
+    world: tuple[asyncio.AbstractEventLoop, Dispatcher],
+    body: str,
+    formatted: str | None,
+    sender: str,
+    direct: bool,
+) -> None:
+    loop, dispatcher = world
+    event_id = f"$prop{next(_ids)}"
+    msg = Incoming(event_id, "!room:example.org", sender, body, formatted, is_direct=direct)
+    items = loop.run_until_complete(dispatcher.handle(msg))
+    if parse(body, "!") is None:
+        assert items is None, "plain chat must be ignored"
+        return
+    assert items, f"no reply to {body!r}"
+    in_room = [i for i in items if i.room_id == "!room:example.org"]
+    replies = [i for i in in_room if i.content.get("m.relates_to")]
+    assert len(replies) == 1, f"{len(replies)} replies to {body!r}"
+    assert replies[0].content["m.relates_to"]["m.in_reply_to"]["event_id"] == event_id
+    assert replies[0].content["msgtype"] == "m.notice"
+    # Handled once: the same event again changes nothing and queues nothing.
+    assert loop.run_until_complete(dispatcher.handle(msg)) is None
+
+
+@settings(max_examples=500, deadline=None)
+@given(query=st.text(max_size=80))
+def test_step_lookup_never_raises_and_answers_consistently(query: str) -> None:
+    found = find_step(ROADMAP, query)
+    if found.step is not None:
+        assert found.candidates == () and not found.ambiguous
+    else:
+        assert all(s in ROADMAP.steps for s in found.candidates)
+        assert len(found.candidates) <= 5
+
+
+@settings(max_examples=500, deadline=None)
+@given(body=st.text(max_size=300), prefix=st.sampled_from(["!", "?", "!!", "~"]))
+def test_parse_never_raises_and_names_are_clean(body: str, prefix: str) -> None:
+    parsed = parse(body, prefix)
+    if parsed is not None:
+        assert parsed.name and parsed.name == parsed.name.lower()
+        assert not any(c.isspace() for c in parsed.name)
+        assert parsed.args == " ".join(parsed.args.split())
