@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import pytest_asyncio
@@ -35,15 +36,10 @@ async def synapse(make_synapse: MakeSynapse) -> Synapse:
     return await make_synapse()
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def make_person(
+@asynccontextmanager
+async def _people(
     synapse: Synapse, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[MakePerson]:
-    """Factory for logged-in E2E users: ``await make_person("alice", admin=False, server=None)``.
-
-    The account is registered on first use (password ``<localpart>-password``); asking for
-    the same localpart again logs in a new device. Every Person is closed after the test.
-    """
     people: list[Person] = []
 
     async def factory(
@@ -60,6 +56,30 @@ async def make_person(
         people.append(person)
         return person
 
-    yield factory
-    for person in people:
-        await person.close()
+    try:
+        yield factory
+    finally:
+        for person in people:
+            await person.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def make_person(
+    synapse: Synapse, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[MakePerson]:
+    """Factory for logged-in E2E users: ``await make_person("alice", admin=False, server=None)``.
+
+    The account is registered on first use (password ``<localpart>-password``); asking for
+    the same localpart again logs in a new device. Every Person is closed after the test.
+    """
+    async with _people(synapse, tmp_path_factory) as factory:
+        yield factory
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def make_person_module(
+    synapse: Synapse, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[MakePerson]:
+    """The same, for module-scoped fixtures: people closed at the end of the module."""
+    async with _people(synapse, tmp_path_factory) as factory:
+        yield factory

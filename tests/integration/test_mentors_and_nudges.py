@@ -113,28 +113,6 @@ async def team(
     bot.kill()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def make_person_module(
-    synapse: Synapse, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[MakePerson]:
-    people: list[Person] = []
-
-    async def factory(localpart: str) -> Person:
-        password = f"{localpart}-password"
-        user_id = synapse.mxid(localpart)
-        if synapse.password_of(user_id) is None:
-            await synapse.register(localpart, password)
-        person = await Person.login(
-            synapse.url, user_id, password, tmp_path_factory.mktemp(f"store-{localpart}")
-        )
-        people.append(person)
-        return person
-
-    yield factory
-    for person in people:
-        await person.close()
-
-
 async def test_newcomers_are_refused_mentor_commands_without_learning_anything(
     team: Team, make_person: MakePerson
 ) -> None:

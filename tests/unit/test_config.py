@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -138,21 +137,6 @@ def test_bad_max_event_age_is_a_config_error(write_yaml) -> None:
     [line] = problem_lines(exc)
     assert line.startswith(f"{path}: bot.max_event_age: ")
     assert "'3 days' is not a duration like 30s" in line
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("30s", timedelta(seconds=30)),
-        ("45m", timedelta(minutes=45)),
-        ("12h", timedelta(hours=12)),
-        ("3d", timedelta(days=3)),
-        ("1w", timedelta(weeks=1)),
-        ("1.5h", timedelta(minutes=90)),
-    ],
-)
-def test_parse_duration(text: str, expected: timedelta) -> None:
-    assert parse_duration(text) == expected
 
 
 @pytest.mark.parametrize("text", ["3 days", "", "-1d", "0s", "3", "d", "3y"])

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
 import pytest_asyncio
@@ -20,29 +19,18 @@ import yaml
 
 from bot.commands import all_commands
 from bot.dispatch import Dispatcher, Incoming, People, Services
-from bot.nudges import NudgePolicy
 from bot.ops import PAUSED_FOREVER
 from bot.progress import NewcomerInfo, State
 from bot.roadmap import Roadmap, load_roadmap
 from bot.store import OutboxItem, Store
-from bot.timeutil import DEFAULT_WORKING_DAYS, parse_quiet_hours
+from tests.unit.common import POLICY, ROADMAP_FILE
 
-ROADMAP_FILE = Path(__file__).resolve().parents[2] / "roadmap.yaml"
 NINA = "@nina:example.org"
 NEWBIE = "@newbie:example.org"
 MENTOR = "@mona:example.org"
 ADMIN = "@ada:example.org"
 DM = "!dm:example.org"
 TEAM_ROOM = "!team:example.org"
-POLICY = NudgePolicy(
-    idle_after=timedelta(days=1),
-    timezone=ZoneInfo("Europe/Berlin"),
-    working_days=DEFAULT_WORKING_DAYS,
-    quiet=parse_quiet_hours("20:00-08:00"),
-    escalate_after=3,
-    target="dm",
-    team_room=None,
-)
 MONDAY = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 

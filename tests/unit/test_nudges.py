@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -23,23 +22,11 @@ from bot.nudges import (
     select,
 )
 from bot.roadmap import Roadmap, load_roadmap
-from bot.timeutil import DEFAULT_WORKING_DAYS, parse_quiet_hours
+from tests.unit.common import BERLIN, POLICY, ROADMAP_FILE
 
-ROADMAP_FILE = Path(__file__).resolve().parents[2] / "roadmap.yaml"
-BERLIN = ZoneInfo("Europe/Berlin")
 TOKYO = ZoneInfo("Asia/Tokyo")
 NEWCOMER = "@newbie:example.org"
 MENTOR = "@mentor:example.org"
-
-POLICY = NudgePolicy(
-    idle_after=timedelta(days=1),
-    timezone=BERLIN,
-    working_days=DEFAULT_WORKING_DAYS,
-    quiet=parse_quiet_hours("20:00-08:00"),
-    escalate_after=3,
-    target="dm",
-    team_room=None,
-)
 
 
 def berlin(day: int, hour: int, minute: int = 0, second: int = 0) -> datetime:

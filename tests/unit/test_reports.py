@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import pytest
 import pytest_asyncio
@@ -24,20 +23,10 @@ from bot.reports import render_digest, render_history, render_status, render_tea
 from bot.roadmap import Roadmap, load_roadmap
 from bot.scheduler import Jobs
 from bot.store import Store
-from bot.timeutil import DEFAULT_WORKING_DAYS, parse_quiet_hours
+from tests.unit.common import POLICY, ROADMAP_FILE
 
-ROADMAP_FILE = Path(__file__).resolve().parents[2] / "roadmap.yaml"
 MENTOR = "@mentor:example.org"
 TEAM_ROOM = "!team:example.org"
-POLICY = NudgePolicy(
-    idle_after=timedelta(days=1),
-    timezone=ZoneInfo("Europe/Berlin"),
-    working_days=DEFAULT_WORKING_DAYS,
-    quiet=parse_quiet_hours("20:00-08:00"),
-    escalate_after=3,
-    target="dm",
-    team_room=None,
-)
 
 
 def at(day: int, hour: int, minute: int = 0) -> datetime:
