@@ -10,12 +10,12 @@ import asyncio
 import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 
@@ -31,6 +31,7 @@ from bot.progress import (
     Undoable,
 )
 
+T = TypeVar("T")
 Migration = Callable[[aiosqlite.Connection], Awaitable[None]]
 
 
@@ -252,102 +253,29 @@ class Store:
             await self._db.execute("COMMIT")
 
     async def _one(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
-        async with self._db.execute(sql, tuple(params)) as cur:
-            return await cur.fetchone()
+        rows = await self._db.execute_fetchall(sql, tuple(params))
+        return next(iter(rows), None)
 
     async def _all(
         self, sql: str, params: Iterable[Any] | dict[str, Any] = ()
     ) -> list[aiosqlite.Row]:
-        async with self._db.execute(
-            sql, params if isinstance(params, dict) else tuple(params)
-        ) as cur:
-            return list(await cur.fetchall())
+        args = params if isinstance(params, dict) else tuple(params)
+        return list(await self._db.execute_fetchall(sql, args))
+
+    async def _in_thread(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Runs `work` on the raw connection in aiosqlite's worker thread, in one hop.
+
+        The command path (read a newcomer, commit a command) is a handful of statements; one
+        hop each would cost more than the SQL itself. aiosqlite has no public call for this:
+        `_execute` and `_conn` have been stable across the versions pyproject allows.
+        """
+        async with self._lock:
+            return cast(T, await self._db._execute(work, self._db._conn))
 
     # --- progress -------------------------------------------------------------------------
 
     async def load_progress(self, user_id: str) -> Progress:
-        row = await self._one("SELECT * FROM newcomers WHERE user_id = ?", (user_id,))
-        if row is None:
-            return Progress(user_id)
-        states = {
-            r["step_id"]: State(r["state"])
-            for r in await self._all(
-                "SELECT step_id, state FROM progress WHERE user_id = ?", (user_id,)
-            )
-        }
-        last = await self._one(
-            """
-            SELECT a.id, a.step_id, a.from_state, a.to_state, a.prev_current, a.new_current
-            FROM activity a
-            WHERE a.user_id = ? AND a.action IN (?, ?)
-              AND NOT EXISTS (SELECT 1 FROM activity u WHERE u.undoes = a.id)
-            ORDER BY a.id DESC LIMIT 1
-            """,
-            (user_id, Action.DONE.value, Action.SKIP.value),
-        )
-        undoable = (
-            Undoable(
-                last["id"],
-                last["step_id"],
-                State(last["from_state"]),
-                State(last["to_state"]),
-                last["prev_current"],
-                last["new_current"],
-            )
-            if last
-            else None
-        )
-        return Progress(
-            user_id=user_id,
-            enrolled_at=parse_ts(row["enrolled_at"]),
-            current_id=row["current_step"],
-            states=states,
-            last_undoable=undoable,
-            last_activity_at=parse_ts(row["last_activity_at"]),
-            mentor=row["mentor"],
-            timezone=row["timezone"],
-        )
-
-    async def _apply(
-        self, user_id: str, actor: str, change: Change, event_id: str | None, at: str
-    ) -> None:
-        db = self._db
-        if change.action == Action.ENROLL:
-            await db.execute(
-                "INSERT OR IGNORE INTO newcomers (user_id, enrolled_at, current_step, "
-                "last_activity_at) VALUES (?, ?, ?, ?)",
-                (user_id, at, change.new_current, at),
-            )
-        else:
-            await db.execute(
-                "UPDATE newcomers SET current_step = ?, last_activity_at = ? WHERE user_id = ?",
-                (change.new_current, at, user_id),
-            )
-        if change.step_id is not None and change.to_state is not None:
-            await db.execute(
-                "INSERT INTO progress (user_id, step_id, state, changed_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (user_id, step_id) DO UPDATE SET state = excluded.state, "
-                "changed_at = excluded.changed_at WHERE state != excluded.state",
-                (user_id, change.step_id, change.to_state.value, at),
-            )
-        await db.execute(
-            "INSERT INTO activity (user_id, actor, action, step_id, from_state, to_state, "
-            "prev_current, new_current, undoes, event_id, at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                user_id,
-                actor,
-                change.action.value,
-                change.step_id,
-                change.from_state.value if change.from_state else None,
-                change.to_state.value if change.to_state else None,
-                change.prev_current,
-                change.new_current,
-                change.undoes,
-                event_id,
-                at,
-            ),
-        )
+        return await self._in_thread(lambda conn: _load_progress(conn, user_id))
 
     async def history(self, user_id: str, limit: int = 20) -> list[ActivityEntry]:
         rows = await self._all(
@@ -393,83 +321,46 @@ class Store:
         handled already. Any command from an enrolled newcomer counts as activity.
         """
         when = ts(at)
-        async with self._transaction() as db:
-            cur = await db.execute(
-                "INSERT OR IGNORE INTO handled_events (event_id, room_id, sender, handled_at) "
-                "VALUES (?, ?, ?, ?)",
-                (event_id, room_id, sender, when),
-            )
-            if cur.rowcount == 0:
-                return None
-            for change in changes:
-                await self._apply(sender, sender, change, event_id, when)
-            await db.execute(
-                "UPDATE newcomers SET last_activity_at = ?, nudges_in_row = 0 WHERE user_id = ?",
-                (when, sender),
-            )
-            if finished is not None:
-                await db.execute(
-                    "UPDATE newcomers SET finished_at = CASE WHEN ? THEN "
-                    "coalesce(finished_at, ?) ELSE NULL END WHERE user_id = ?",
-                    (finished, when, sender),
+        changes, ops, messages = list(changes), list(ops), list(messages)
+
+        def work(conn: sqlite3.Connection) -> list[OutboxItem] | None:
+            with _transaction(conn):
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO handled_events (event_id, room_id, sender, "
+                    "handled_at) VALUES (?, ?, ?, ?)",
+                    (event_id, room_id, sender, when),
                 )
-            for op in ops:
-                await self._apply_op(op, when)
-            queued = [await self._queue(txn_id, send, when) for txn_id, send in messages]
-        return [item for item in queued if item is not None]
+                if cur.rowcount == 0:
+                    return None
+                for change in changes:
+                    _apply(conn, sender, sender, change, event_id, when)
+                conn.execute(
+                    "UPDATE newcomers SET last_activity_at = ?, nudges_in_row = 0 "
+                    "WHERE user_id = ?",
+                    (when, sender),
+                )
+                if finished is not None:
+                    conn.execute(
+                        "UPDATE newcomers SET finished_at = CASE WHEN ? THEN "
+                        "coalesce(finished_at, ?) ELSE NULL END WHERE user_id = ?",
+                        (finished, when, sender),
+                    )
+                return _apply_ops_and_queue(conn, ops, messages, when)
+
+        return await self._in_thread(work)
 
     async def commit_job(
         self, *, ops: Iterable[Op], messages: Iterable[tuple[str, Send]], at: datetime
     ) -> list[OutboxItem]:
         """A scheduled job's writes and messages, atomically; a message queued before is skipped."""
         when = ts(at)
-        async with self._transaction():
-            for op in ops:
-                await self._apply_op(op, when)
-            queued = [await self._queue(txn_id, send, when) for txn_id, send in messages]
-        return [item for item in queued if item is not None]
+        ops, messages = list(ops), list(messages)
 
-    async def _queue(self, txn_id: str, send: Send, when: str) -> OutboxItem | None:
-        room_id = send.room_id
-        if room_id is None and send.to_user is not None:
-            room_id = await self._direct_room(send.to_user)
-        cur = await self._db.execute(
-            "INSERT INTO outbox (txn_id, room_id, to_user, content, created_at) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (txn_id) DO NOTHING",
-            (txn_id, room_id, send.to_user, json.dumps(send.content), when),
-        )
-        if not cur.rowcount or cur.lastrowid is None:
-            return None  # queued before: the same job or command ran twice
-        return OutboxItem(cur.lastrowid, txn_id, room_id, send.content, 0, send.to_user)
+        def work(conn: sqlite3.Connection) -> list[OutboxItem]:
+            with _transaction(conn):
+                return _apply_ops_and_queue(conn, ops, messages, when)
 
-    async def _apply_op(self, op: Op, when: str) -> None:
-        db = self._db
-        match op:
-            case SetMentor(user_id, mentor):
-                await db.execute(
-                    "UPDATE newcomers SET mentor = ? WHERE user_id = ?", (mentor, user_id)
-                )
-            case SetPause(user_id, until):
-                await db.execute(
-                    "UPDATE newcomers SET paused_until = ? WHERE user_id = ?",
-                    (ts(until) if until else None, user_id),
-                )
-            case SetTimezone(user_id, timezone):
-                await db.execute(
-                    "UPDATE newcomers SET timezone = ? WHERE user_id = ?", (timezone, user_id)
-                )
-            case RecordNudge(user_id, kind, step_id, actor):
-                await db.execute(
-                    "INSERT INTO nudges (user_id, kind, step_id, actor, sent_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (user_id, kind, step_id, actor, when),
-                )
-                if kind == "nudge":
-                    await db.execute(
-                        "UPDATE newcomers SET last_nudged_at = ?, "
-                        "nudges_in_row = nudges_in_row + 1 WHERE user_id = ?",
-                        (when, user_id),
-                    )
+        return await self._in_thread(work)
 
     async def outbox(self) -> list[OutboxItem]:
         rows = await self._all(
@@ -671,3 +562,156 @@ class Store:
     async def forget_room(self, room_id: str) -> None:
         async with self._transaction() as db:
             await db.execute("DELETE FROM rooms WHERE room_id = ?", (room_id,))
+
+
+# --- the command path, run in the worker thread in one hop (see Store._in_thread) ----------
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _load_progress(conn: sqlite3.Connection, user_id: str) -> Progress:
+    row = conn.execute("SELECT * FROM newcomers WHERE user_id = ?", (user_id,)).fetchone()
+    if row is None:
+        return Progress(user_id)
+    states = {
+        r["step_id"]: State(r["state"])
+        for r in conn.execute("SELECT step_id, state FROM progress WHERE user_id = ?", (user_id,))
+    }
+    last = conn.execute(
+        """
+        SELECT a.id, a.step_id, a.from_state, a.to_state, a.prev_current, a.new_current
+        FROM activity a
+        WHERE a.user_id = ? AND a.action IN (?, ?)
+          AND NOT EXISTS (SELECT 1 FROM activity u WHERE u.undoes = a.id)
+        ORDER BY a.id DESC LIMIT 1
+        """,
+        (user_id, Action.DONE.value, Action.SKIP.value),
+    ).fetchone()
+    undoable = (
+        Undoable(
+            last["id"],
+            last["step_id"],
+            State(last["from_state"]),
+            State(last["to_state"]),
+            last["prev_current"],
+            last["new_current"],
+        )
+        if last
+        else None
+    )
+    return Progress(
+        user_id=user_id,
+        enrolled_at=parse_ts(row["enrolled_at"]),
+        current_id=row["current_step"],
+        states=states,
+        last_undoable=undoable,
+        last_activity_at=parse_ts(row["last_activity_at"]),
+        mentor=row["mentor"],
+        timezone=row["timezone"],
+    )
+
+
+def _apply(
+    conn: sqlite3.Connection,
+    user_id: str,
+    actor: str,
+    change: Change,
+    event_id: str | None,
+    at: str,
+) -> None:
+    if change.action == Action.ENROLL:
+        conn.execute(
+            "INSERT OR IGNORE INTO newcomers (user_id, enrolled_at, current_step, "
+            "last_activity_at) VALUES (?, ?, ?, ?)",
+            (user_id, at, change.new_current, at),
+        )
+    else:
+        conn.execute(
+            "UPDATE newcomers SET current_step = ?, last_activity_at = ? WHERE user_id = ?",
+            (change.new_current, at, user_id),
+        )
+    if change.step_id is not None and change.to_state is not None:
+        conn.execute(
+            "INSERT INTO progress (user_id, step_id, state, changed_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (user_id, step_id) DO UPDATE SET state = excluded.state, "
+            "changed_at = excluded.changed_at WHERE state != excluded.state",
+            (user_id, change.step_id, change.to_state.value, at),
+        )
+    conn.execute(
+        "INSERT INTO activity (user_id, actor, action, step_id, from_state, to_state, "
+        "prev_current, new_current, undoes, event_id, at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            user_id,
+            actor,
+            change.action.value,
+            change.step_id,
+            change.from_state.value if change.from_state else None,
+            change.to_state.value if change.to_state else None,
+            change.prev_current,
+            change.new_current,
+            change.undoes,
+            event_id,
+            at,
+        ),
+    )
+
+
+def _apply_ops_and_queue(
+    conn: sqlite3.Connection, ops: list[Op], messages: list[tuple[str, Send]], when: str
+) -> list[OutboxItem]:
+    for op in ops:
+        _apply_op(conn, op, when)
+    queued = [_queue(conn, txn_id, send, when) for txn_id, send in messages]
+    return [item for item in queued if item is not None]
+
+
+def _queue(conn: sqlite3.Connection, txn_id: str, send: Send, when: str) -> OutboxItem | None:
+    room_id = send.room_id
+    if room_id is None and send.to_user is not None:
+        row = conn.execute(
+            "SELECT room_id FROM direct_rooms WHERE user_id = ?", (send.to_user,)
+        ).fetchone()
+        room_id = row["room_id"] if row else None
+    cur = conn.execute(
+        "INSERT INTO outbox (txn_id, room_id, to_user, content, created_at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (txn_id) DO NOTHING",
+        (txn_id, room_id, send.to_user, json.dumps(send.content), when),
+    )
+    if not cur.rowcount or cur.lastrowid is None:
+        return None  # queued before: the same job or command ran twice
+    return OutboxItem(cur.lastrowid, txn_id, room_id, send.content, 0, send.to_user)
+
+
+def _apply_op(conn: sqlite3.Connection, op: Op, when: str) -> None:
+    match op:
+        case SetMentor(user_id, mentor):
+            conn.execute("UPDATE newcomers SET mentor = ? WHERE user_id = ?", (mentor, user_id))
+        case SetPause(user_id, until):
+            conn.execute(
+                "UPDATE newcomers SET paused_until = ? WHERE user_id = ?",
+                (ts(until) if until else None, user_id),
+            )
+        case SetTimezone(user_id, timezone):
+            conn.execute("UPDATE newcomers SET timezone = ? WHERE user_id = ?", (timezone, user_id))
+        case RecordNudge(user_id, kind, step_id, actor):
+            conn.execute(
+                "INSERT INTO nudges (user_id, kind, step_id, actor, sent_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (user_id, kind, step_id, actor, when),
+            )
+            if kind == "nudge":
+                conn.execute(
+                    "UPDATE newcomers SET last_nudged_at = ?, "
+                    "nudges_in_row = nudges_in_row + 1 WHERE user_id = ?",
+                    (when, user_id),
+                )
