@@ -131,7 +131,9 @@ async def run_bot(config: Config, roadmap: Roadmap, stop: asyncio.Event) -> None
         matrix.stop()
         if sync is not None:
             sync.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # Its error, if any, was raised above already; here it must not skip the cleanup,
+            # or the database's worker thread keeps the process alive.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sync
         with contextlib.suppress(Exception):
             await asyncio.wait_for(matrix.flush_outbox(), FLUSH_ON_STOP_SECONDS)
