@@ -41,3 +41,8 @@ $(VENV)/.installed-demo: pyproject.toml
 
 demo: $(VENV)/.installed-demo
 	$(PY) -m bot demo
+
+# Benchmarks (bench/): tables and ratios, no assertions. `$(PY) -m bench --quick` for a short run.
+.PHONY: bench
+bench: $(VENV)/.installed
+	$(PY) -m bench

@@ -1,13 +1,23 @@
-"""Scale benchmark: nudge-sweep planning and !team rendering, 100 vs 10,000 newcomers.
+"""Scale benchmark: 100 vs 10,000 newcomers on a 200-step roadmap.
 
-Run: .venv/bin/python -m bench.scale   (prints a table; no assertions, machines are noisy)
+In process: nudge-sweep planning and !team rendering. As a process (the real bot on a
+throw-away Synapse): start-up time from spawn to the log line "first sync done; ready for
+commands" with the database already holding the newcomers (populated through the Store API),
+and the bot's resident memory (VmRSS) after start-up.
+
+Run: .venv/bin/python -m bench.scale [--quick] [--no-startup]
+(prints tables; no assertions, machines are noisy). Targets (brief/README): sweep and
+start-up grow < 3x from 100 to 10,000; memory < 100 MB.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import resource
+import shutil
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -15,8 +25,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from bench._common import BotProc, rss_mb, synapse_at
 from bot.commands import all_commands
 from bot.commands.registry import Services
+from bot.devserver import DevSynapse
 from bot.dispatch import Dispatcher, Incoming, People
 from bot.nudges import NudgePolicy
 from bot.progress import Action, Change, State
@@ -29,18 +43,32 @@ NOW = datetime(2026, 11, 25, 11, 0, tzinfo=UTC)  # a Wednesday
 MENTOR = "@mentor:example.org"
 
 
+GROWTH_TARGET = 3.0
+MEMORY_TARGET_MB = 100.0
+SETTLE_S = 1.0  # after "ready": the scheduler starts and catches up; then VmRSS is read
+
+
 def synthetic_roadmap(steps: int, per_section: int = 20) -> Roadmap:
+    return parse_roadmap(synthetic_roadmap_data(steps, per_section), Path("synthetic.yaml"))
+
+
+def synthetic_roadmap_data(steps: int, per_section: int = 20) -> dict[str, Any]:
     sections: list[dict[str, Any]] = []
     for n in range(steps):
         s, t = divmod(n, per_section)
         if t == 0:
-            sections.append({"id": f"s{s + 1}", "number": s + 1, "title": f"Section {s + 1}",
-                             "steps": []})
-        sections[-1]["steps"].append({
-            "id": f"step-{n + 1}", "number": f"{s + 1}.{t + 1}", "title": f"Step {n + 1}",
-            "resources": [{"title": "Docs", "url": f"https://example.org/{n}", "kind": "docs"}],
-        })
-    return parse_roadmap({"title": "Synthetic", "sections": sections}, Path("synthetic.yaml"))
+            sections.append(
+                {"id": f"s{s + 1}", "number": s + 1, "title": f"Section {s + 1}", "steps": []}
+            )
+        sections[-1]["steps"].append(
+            {
+                "id": f"step-{n + 1}",
+                "number": f"{s + 1}.{t + 1}",
+                "title": f"Step {n + 1}",
+                "resources": [{"title": "Docs", "url": f"https://example.org/{n}", "kind": "docs"}],
+            }
+        )
+    return {"title": "Synthetic", "sections": sections}
 
 
 IDLE = 20  # on a typical day a handful are idle; the rest worked on the roadmap recently
@@ -59,8 +87,12 @@ async def populate(store: Store, roadmap: Roadmap, count: int, idle: int | None)
             Change(Action.DONE, done.id, State.PENDING, State.DONE, None, roadmap.steps[5].id),
         ]
         await store.commit_command(
-            event_id=f"$e{i}", room_id="!r:example.org", sender=user, changes=changes,
-            messages=[(f"t{i}", _send())], at=at,
+            event_id=f"$e{i}",
+            room_id="!r:example.org",
+            sender=user,
+            changes=changes,
+            messages=[(f"t{i}", _send())],
+            at=at,
         )
     return count / (time.perf_counter() - started)
 
@@ -73,8 +105,12 @@ def _send() -> Any:
 
 def policy() -> NudgePolicy:
     return NudgePolicy(
-        idle_after=timedelta(days=3), timezone=parse_timezone("Europe/Berlin"),
-        working_days=DEFAULT_WORKING_DAYS, quiet=None, escalate_after=3, target="dm",
+        idle_after=timedelta(days=3),
+        timezone=parse_timezone("Europe/Berlin"),
+        working_days=DEFAULT_WORKING_DAYS,
+        quiet=None,
+        escalate_after=3,
+        target="dm",
         team_room=None,
     )
 
@@ -104,21 +140,40 @@ async def measure(
     store = await Store.open(folder / f"bench-{count}-{idle}.db")
     try:
         await populate(store, roadmap, count, idle)
-        jobs = Jobs(store=store, roadmap=lambda: roadmap, policy=policy(),
-                    mentors=lambda: frozenset({MENTOR}), prefix="!",
-                    on_queued=_nothing, clock=lambda: NOW)
-        services = Services(store=store, policy=policy(), mentors=frozenset({MENTOR}),
-                            server_name="example.org", load_roadmap=lambda: roadmap)
-        dispatcher = Dispatcher(roadmap=roadmap, commands=all_commands(), store=store,
-                                people=People(frozenset({MENTOR})), services=services,
-                                prefix="!", mentor_commands_in_rooms=True, clock=lambda: NOW)
+        jobs = Jobs(
+            store=store,
+            roadmap=lambda: roadmap,
+            policy=policy(),
+            mentors=lambda: frozenset({MENTOR}),
+            prefix="!",
+            on_queued=_nothing,
+            clock=lambda: NOW,
+        )
+        services = Services(
+            store=store,
+            policy=policy(),
+            mentors=frozenset({MENTOR}),
+            server_name="example.org",
+            load_roadmap=lambda: roadmap,
+        )
+        dispatcher = Dispatcher(
+            roadmap=roadmap,
+            commands=all_commands(),
+            store=store,
+            people=People(frozenset({MENTOR})),
+            services=services,
+            prefix="!",
+            mentor_commands_in_rooms=True,
+            clock=lambda: NOW,
+        )
         ops, _ = await jobs.plan_nudges(NOW)
         sweep_ms = await atimed(5, lambda: jobs.plan_nudges(NOW))
         counter = iter(range(10**9))
 
         async def team() -> None:
-            await dispatcher.handle(Incoming(f"$team{next(counter)}", "!r:example.org", MENTOR,
-                                             "!team", is_direct=True))
+            await dispatcher.handle(
+                Incoming(f"$team{next(counter)}", "!r:example.org", MENTOR, "!team", is_direct=True)
+            )
 
         team_ms = await atimed(3, team)
         return {"sweep_ms": sweep_ms, "nudged": len(ops), "team_ms": team_ms}
@@ -130,28 +185,144 @@ async def _nothing() -> None:
     return None
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+async def startup(
+    synapse: DevSynapse, folder: Path, steps: int, sizes: list[int], restarts: int
+) -> dict[int, dict[str, Any]]:
+    """The real bot as a process, once per size with its database already populated.
+
+    The first start logs in (password) and uploads device keys; the restarts reuse the saved
+    session, as every start after the first does in production. Sizes are interleaved so both
+    share the machine's noise.
+    """
+    roadmap_path = folder / "roadmap-200.yaml"
+    roadmap_path.write_text(yaml.safe_dump(synthetic_roadmap_data(steps)), encoding="utf-8")
+    bots: dict[int, BotProc] = {}
+    out: dict[int, dict[str, Any]] = {}
+    for count in sizes:
+        user_id = await synapse.register(f"scale-bot-{count}", "bot-password")
+        bot = BotProc(
+            folder / f"bot-{count}",
+            homeserver=synapse.url,
+            user_id=user_id,
+            password="bot-password",
+            roadmap=roadmap_path,
+        )
+        bot.db_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / f"bench-{count}-{IDLE}.db", bot.db_path)
+        # populate() queued a reply per newcomer to a made-up room: as if delivered, empty the
+        # outbox, or every sync would re-read (and skip) all of them.
+        with contextlib.closing(sqlite3.connect(bot.db_path)) as db, db:
+            db.execute("DELETE FROM outbox")
+        bots[count] = bot
+        out[count] = {"first_s": 0.0, "restart_s": [], "rss": [], "hwm": []}
+    try:
+        for count, bot in bots.items():
+            out[count]["first_s"] = await bot.start()
+            await bot.stop()
+        for _ in range(restarts):
+            for count, bot in bots.items():
+                out[count]["restart_s"].append(await bot.start())
+                await asyncio.sleep(SETTLE_S)
+                rss, hwm = rss_mb(bot.pid)
+                out[count]["rss"].append(rss)
+                out[count]["hwm"].append(hwm)
+                await bot.stop()
+    finally:
+        for bot in bots.values():
+            await bot.stop()
+    for count in sizes:
+        async_store = await Store.open(bots[count].db_path)
+        out[count]["enrolled"] = await async_store.count_newcomers()
+        await async_store.close()
+    return out
+
+
+async def run(args: argparse.Namespace, synapse: DevSynapse | None = None) -> dict[str, Any]:
+    restarts = 1 if args.quick else args.restarts
+    roadmap = synthetic_roadmap(args.steps)
+    results: dict[str, Any] = {"args": args, "restarts": restarts}
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        folder = Path(tmp)
+        results["small"] = await measure(args.small, roadmap, folder)
+        results["large"] = await measure(args.large, roadmap, folder)
+        results["worst"] = await measure(args.large, roadmap, folder, idle=None)
+        results["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if not args.no_startup:
+            async with contextlib.AsyncExitStack() as stack:
+                if synapse is None:
+                    synapse = await stack.enter_async_context(synapse_at(folder / "synapse"))
+                results["startup"] = await startup(
+                    synapse, folder, args.steps, [args.small, args.large], restarts
+                )
+    return results
+
+
+def report(results: dict[str, Any]) -> str:
+    args = results["args"]
+    small, large, worst = results["small"], results["large"], results["worst"]
+    out = [
+        f"Scale: {args.steps}-step roadmap, file-backed SQLite, median of repeated runs",
+        f"typical day: {IDLE} idle newcomers; worst case: all {args.large:,} idle at once\n",
+        f"| figure | {args.small:,} | {args.large:,} | ratio | {args.large:,}, all idle |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for key, label in (("sweep_ms", "nudge sweep planning (ms)"), ("team_ms", "!team render (ms)")):
+        out.append(
+            f"| {label} | {small[key]:.1f} | {large[key]:.1f} | "
+            f"{large[key] / small[key]:.1f}x | {worst[key]:.1f} |"
+        )
+    out.append(
+        f"| newcomers due a nudge | {small['nudged']:.0f} | {large['nudged']:.0f} | | "
+        f"{worst['nudged']:.0f} |"
+    )
+    out.append(f"\npeak resident memory of this process: {results['rss_mb']:.0f} MB")
+    start = results.get("startup")
+    if start:
+        a, b = start[args.small], start[args.large]
+        med = statistics.median
+        out += [
+            "",
+            f"Start-up of the bot process (`python -m bot run`, {args.steps}-step roadmap, "
+            f'database populated through the Store API), spawn -> "first sync done; ready '
+            f'for commands"; restarts reuse the saved session (median of '
+            f"{results['restarts']}); memory {SETTLE_S:.0f} s after ready",
+            "",
+            f"| figure | {a['enrolled']:,} enrolled | {b['enrolled']:,} enrolled | ratio "
+            "| target |",
+            "| --- | ---: | ---: | ---: | ---: |",
+            f"| first start: login + keys + first sync (s) | {a['first_s']:.2f} | "
+            f"{b['first_s']:.2f} | {b['first_s'] / a['first_s']:.2f}x | |",
+            f"| restart to first sync (s) | {med(a['restart_s']):.2f} | {med(b['restart_s']):.2f}"
+            f" | {med(b['restart_s']) / med(a['restart_s']):.2f}x | < {GROWTH_TARGET:.0f}x |",
+            f"| VmRSS after start-up (MB) | {med(a['rss']):.1f} | {med(b['rss']):.1f} | "
+            f"{med(b['rss']) / med(a['rss']):.2f}x | < {MEMORY_TARGET_MB:.0f} MB |",
+            f"| VmHWM, peak (MB) | {med(a['hwm']):.1f} | {med(b['hwm']):.1f} | | |",
+        ]
+        sweep = large["sweep_ms"] / small["sweep_ms"]
+        out.append(f"\nsweep growth {sweep:.1f}x (target < {GROWTH_TARGET:.0f}x)")
+    return "\n".join(out)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--small", type=int, default=100)
     parser.add_argument("--large", type=int, default=10_000)
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--restarts", type=int, default=3, help="timed restarts per size")
+    parser.add_argument(
+        "--no-startup",
+        action="store_true",
+        help="in-process figures only (no Synapse, no bot process)",
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(parser)
+    parser.add_argument("--quick", action="store_true", help="one timed restart per size")
     args = parser.parse_args()
-    roadmap = synthetic_roadmap(args.steps)
-    with tempfile.TemporaryDirectory() as tmp:
-        small = await measure(args.small, roadmap, Path(tmp))
-        large = await measure(args.large, roadmap, Path(tmp))
-        worst = await measure(args.large, roadmap, Path(tmp), idle=None)
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"Scale: {args.steps}-step roadmap, file-backed SQLite, median of repeated runs")
-    print(f"typical day: {IDLE} idle newcomers; worst case: all {args.large:,} idle at once\n")
-    print(f"| figure | {args.small:,} | {args.large:,} | ratio | {args.large:,}, all idle |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for key, label in (("sweep_ms", "nudge sweep planning (ms)"), ("team_ms", "!team render (ms)")):
-        print(f"| {label} | {small[key]:.1f} | {large[key]:.1f} | "
-              f"{large[key] / small[key]:.1f}x | {worst[key]:.1f} |")
-    print(f"| newcomers due a nudge | {small['nudged']:.0f} | {large['nudged']:.0f} | | "
-          f"{worst['nudged']:.0f} |")
-    print(f"\npeak resident memory of this process: {rss_mb:.0f} MB")
+    print(report(await run(args)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,305 @@
+"""Command throughput in process, no network: Dispatcher.handle on a real file-backed Store.
+
+Many newcomers take turns with a 50/50 `!done`/`!next` mix on the real roadmap.yaml (a newcomer
+about to finish says `!undo` instead of `!done`, so nobody runs out of steps). Next to it: the
+floor, a bare aiosqlite `INSERT` + `COMMIT` per command on the same kind of file (WAL,
+synchronous=NORMAL). Below the target, a cProfile of the event-loop thread shows where it goes.
+
+Run: .venv/bin/python -m bench.throughput [--commands 5000] [--newcomers 100] [--profile]
+No assertions. Target (brief/README): >= 2,000 commands/s on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import pstats
+import statistics
+import sysconfig
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from bench._common import REPO, Summary
+from bot.commands import all_commands
+from bot.commands.registry import Services
+from bot.dispatch import Dispatcher, FloodGate, Incoming, People
+from bot.nudges import NudgePolicy
+from bot.roadmap import Roadmap, load_roadmap
+from bot.store import Store
+from bot.timeutil import DEFAULT_WORKING_DAYS, parse_timezone
+
+TARGET = 2000.0
+ROOM = "!bench:example.org"
+
+
+def policy() -> NudgePolicy:
+    from datetime import timedelta
+
+    return NudgePolicy(
+        idle_after=timedelta(days=3),
+        timezone=parse_timezone("UTC"),
+        working_days=DEFAULT_WORKING_DAYS,
+        quiet=None,
+        escalate_after=3,
+        target="dm",
+        team_room=None,
+    )
+
+
+@dataclass
+class Counters:
+    """aiosqlite round trips (one thread hop each) and SQL statements, while enabled."""
+
+    hops: int = 0
+    wait_s: float = 0.0  # event-loop time spent awaiting those round trips
+    statements: int = 0
+    on: bool = False
+    kinds: Counter[str] = field(default_factory=Counter)
+
+
+async def instrument(store: Store, counters: Counters) -> None:
+    """Counts thread hops and statements of the store's connection (a benchmark-only peek)."""
+    db: Any = store._db  # noqa: SLF001
+    inner = db._execute  # noqa: SLF001
+
+    async def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if not counters.on:
+            return await inner(fn, *args, **kwargs)
+        counters.hops += 1
+        t0 = time.perf_counter()
+        try:
+            return await inner(fn, *args, **kwargs)
+        finally:
+            counters.wait_s += time.perf_counter() - t0
+
+    db._execute = counted  # noqa: SLF001
+
+    def trace(sql: str) -> None:
+        if counters.on:
+            counters.statements += 1
+            counters.kinds[sql.split(None, 1)[0].upper()] += 1
+
+    await db.set_trace_callback(trace)  # called in the worker thread
+
+
+def dispatcher_for(store: Store, roadmap: Roadmap) -> Dispatcher:
+    services = Services(
+        store=store,
+        policy=policy(),
+        mentors=frozenset(),
+        server_name="example.org",
+        load_roadmap=lambda: roadmap,
+    )
+    return Dispatcher(
+        roadmap=roadmap,
+        commands=all_commands(),
+        store=store,
+        people=People(frozenset()),
+        services=services,
+        prefix="!",
+        flood=FloodGate(limit=10**9),
+    )
+
+
+def workload(count: int, newcomers: int, steps: int) -> list[tuple[str, str]]:
+    """(sender, body) in order: newcomers take turns; each alternates !done and !next."""
+    plan: list[tuple[str, str]] = []
+    dones = [0] * newcomers
+    turns = [0] * newcomers
+    for k in range(count):
+        u = k % newcomers
+        turn = turns[u]
+        turns[u] += 1
+        if turn % 2:
+            body = "!next"
+        elif dones[u] < steps - 2:
+            body, dones[u] = "!done", dones[u] + 1
+        else:
+            body, dones[u] = "!undo", dones[u] - 1
+        plan.append((f"@newcomer{u}:example.org", body))
+    return plan
+
+
+async def drive(
+    dispatcher: Dispatcher,
+    plan: list[tuple[str, str]],
+    tag: str,
+    timings: dict[str, list[float]] | None = None,
+) -> float:
+    """Runs the plan; returns elapsed seconds. Per-command times go to `timings` by command."""
+    started = time.perf_counter()
+    for i, (sender, body) in enumerate(plan):
+        t0 = time.perf_counter()
+        items = await dispatcher.handle(Incoming(f"${tag}{i}", ROOM, sender, body))
+        if timings is not None:
+            timings.setdefault(body, []).append((time.perf_counter() - t0) * 1000)
+        if not items:
+            raise RuntimeError(f"{body} from {sender} queued no reply")
+    return time.perf_counter() - started
+
+
+async def bare_inserts(path: Path, count: int) -> float:
+    """Commits per second of one INSERT + COMMIT each, same pragmas as the Store."""
+    db = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute("PRAGMA synchronous = NORMAL")
+        await db.execute(
+            "CREATE TABLE handled (event_id TEXT PRIMARY KEY, room_id TEXT, at TEXT) WITHOUT ROWID"
+        )
+        for i in range(200):  # warm-up
+            await db.execute("INSERT INTO handled VALUES (?, ?, ?)", (f"$w{i}", ROOM, "t"))
+        started = time.perf_counter()
+        for i in range(count):
+            await db.execute("BEGIN IMMEDIATE")
+            await db.execute("INSERT INTO handled VALUES (?, ?, ?)", (f"$e{i}", ROOM, "t"))
+            await db.execute("COMMIT")
+        return count / (time.perf_counter() - started)
+    finally:
+        await db.close()
+
+
+async def measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    count = 1000 if args.quick else args.commands
+    roadmap = load_roadmap(REPO / "roadmap.yaml")
+    store = await Store.open(folder / "bot.db")
+    counters = Counters()
+    await instrument(store, counters)
+    try:
+        dispatcher = dispatcher_for(store, roadmap)
+        # Enroll everyone, then a warm-up round, neither timed.
+        await drive(
+            dispatcher,
+            [(f"@newcomer{u}:example.org", "!start") for u in range(args.newcomers)],
+            "enroll",
+        )
+        plan = workload(count + 200, args.newcomers, len(roadmap))
+        await drive(dispatcher, plan[:200], "warm")
+        timings: dict[str, list[float]] = {}
+        counters.on = True
+        elapsed = await drive(dispatcher, plan[200:], "run", timings)
+        counters.on = False
+        profile_text, profiled = None, 0
+        if args.profile or count / elapsed < TARGET:
+            profile_text = await profile(dispatcher, plan, args.profile_top)
+            profiled = min(2000, len(plan))
+    finally:
+        await store.close()
+    bare = statistics.median([await bare_inserts(folder / f"bare{r}.db", count) for r in range(3)])
+    return {
+        "count": count,
+        "newcomers": args.newcomers,
+        "steps": len(roadmap),
+        "rate": count / elapsed,
+        "bare": bare,
+        "per_command": {body: Summary.of(ms) for body, ms in timings.items()},
+        "hops": counters.hops / count,
+        "statements": counters.statements / count,
+        "wait_ms": counters.wait_s * 1000 / count,
+        "cmd_ms": elapsed * 1000 / count,
+        "kinds": {k: v / count for k, v in counters.kinds.most_common()},
+        "profile": profile_text,
+        "profiled": profiled,
+    }
+
+
+async def profile(dispatcher: Dispatcher, plan: list[tuple[str, str]], top: int) -> str:
+    """cProfile of the event-loop thread over up to 2,000 more commands of the same mix."""
+    more = plan[:2000]
+    prof = cProfile.Profile()
+    prof.enable()
+    await drive(dispatcher, more, "prof")
+    prof.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    stats.sort_stats("tottime").print_stats(top)
+    out.write("\nbot/ functions by own time:\n")
+    stats.sort_stats("tottime").print_stats(r"/bot/", top)
+    return _trim(out.getvalue())
+
+
+def _trim(text: str) -> str:
+    """pstats output without its preamble, paths shortened, one column header per table."""
+    stdlib = sysconfig.get_paths()["stdlib"] + "/"
+    site = sysconfig.get_paths()["purelib"] + "/"
+    keep: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("Ordered by", "List reduced")):
+            continue
+        if "function calls" in stripped and keep:
+            continue
+        for prefix in (site, stdlib, str(REPO) + "/"):
+            line = line.replace(prefix, "")
+        keep.append(line)
+    return "\n".join(keep)
+
+
+def report(r: dict[str, Any]) -> str:
+    ratio = r["rate"] / r["bare"]
+    out = [
+        f"Throughput: Dispatcher.handle, real Store (file, WAL, synchronous=NORMAL), "
+        f"roadmap.yaml ({r['steps']} steps), {r['count']:,} commands, "
+        f"{r['newcomers']} newcomers taking turns, !done/!next 50/50",
+        "",
+        "| figure | commands/s | ratio to bare | target |",
+        "| --- | ---: | ---: | ---: |",
+        f"| Dispatcher.handle | {r['rate']:,.0f} | {ratio:.2f} | >= {TARGET:,.0f} |",
+        f"| bare aiosqlite INSERT + COMMIT | {r['bare']:,.0f} | 1.00 | |",
+        "",
+        "| command | n | median ms | p95 ms | mean ms |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for body, s in sorted(r["per_command"].items()):
+        out.append(f"| {body} | {s.n} | {s.median:.3f} | {s.p95:.3f} | {s.mean:.3f} |")
+    kinds = ", ".join(f"{k} {v:.1f}" for k, v in r["kinds"].items())
+    out.append(
+        f"\nper command: {r['hops']:.1f} aiosqlite round trips (thread hops), "
+        f"{r['statements']:.1f} SQL statements ({kinds})\n"
+        f"per command: {r['cmd_ms']:.3f} ms in all, of which {r['wait_ms']:.3f} ms awaiting "
+        f"aiosqlite ({r['wait_ms'] / r['hops'] * 1000:.0f} us a round trip) and "
+        f"{r['cmd_ms'] - r['wait_ms']:.3f} ms Python on the event loop"
+    )
+    if r["profile"]:
+        out.append(
+            f"\ncProfile of the event-loop thread ({r['profiled']:,} commands; SQLite "
+            "runs in aiosqlite's worker thread: waiting for it is the epoll time):\n"
+        )
+        out.append(r["profile"])
+    return "\n".join(out)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--commands", type=int, default=5000)
+    parser.add_argument("--newcomers", type=int, default=100)
+    parser.add_argument(
+        "--profile", action="store_true", help="profile even when the target is met"
+    )
+    parser.add_argument("--profile-top", type=int, default=15)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
+        return await measure(args, Path(tmp))
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(parser)
+    parser.add_argument("--quick", action="store_true", help="1,000 commands")
+    args = parser.parse_args()
+    print(report(await run(args)))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
