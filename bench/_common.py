@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from bot.devserver import DevSynapse, spawn, stop_process
+from bot.devserver import DevSynapse, bot_config, spawn, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 READY = "first sync done; ready for commands"
@@ -128,24 +128,20 @@ class BotProc:
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / "config.yaml"
         self.log_path = workdir / "bot.log"
-        config: dict[str, Any] = {
-            "matrix": {
-                "homeserver": homeserver,
-                "user_id": user_id,
-                "password": password,
-                "device_name": "bench-bot",
-            },
-            "storage": {"data_dir": "data"},
-            "roadmap": str(roadmap or REPO / "roadmap.yaml"),
+        # Benchmarks type faster than people.
+        defaults = {
             "logging": {"level": "INFO"},
-            # Benchmarks type faster than people.
             "bot": {"flood_limit": 100_000, "greeting": False},
         }
-        for key, value in (extra or {}).items():
-            if isinstance(value, dict):
-                config.setdefault(key, {}).update(value)
-            else:
-                config[key] = value
+        config = bot_config(
+            homeserver,
+            user_id,
+            password,
+            defaults,
+            extra or {},
+            device_name="bench-bot",
+            roadmap=roadmap or REPO / "roadmap.yaml",
+        )
         self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
         self.proc: subprocess.Popen[bytes] | None = None
 

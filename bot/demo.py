@@ -17,13 +17,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 import bot
 from bot.chat import ChatError, quiet_library_logs, run_chat, state_dir_for
-from bot.devserver import DevSynapse, SynapseError, spawn, stop_process
+from bot.devserver import DevSynapse, SynapseError, bot_config, spawn, stop_process
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 READY = "first sync done; ready for commands"
@@ -105,19 +104,18 @@ class Demo:
         self.pids_path.write_text(json.dumps(pids), encoding="utf-8")
 
     def write_config(self, roadmap: Path) -> None:
-        config: dict[str, Any] = {
-            "matrix": {
-                "homeserver": self.synapse.url,
-                "user_id": self.synapse.mxid(BOT.localpart),
-                "password": BOT.password,
-                "device_name": "onboarding-bot demo",
+        config = bot_config(
+            self.synapse.url,
+            self.synapse.mxid(BOT.localpart),
+            BOT.password,
+            {
+                "people": {"mentors": [self.synapse.mxid(MENTOR.localpart)]},
+                "nudges": {"enabled": True},
+                "logging": {"level": "INFO"},
             },
-            "storage": {"data_dir": "data"},
-            "roadmap": str(roadmap),
-            "people": {"mentors": [self.synapse.mxid(MENTOR.localpart)]},
-            "nudges": {"enabled": True},
-            "logging": {"level": "INFO"},
-        }
+            device_name="onboarding-bot demo",
+            roadmap=roadmap,
+        )
         header = "# Written by `onboarding-bot demo` on every start; edits are overwritten.\n"
         self.config_path.write_text(header + yaml.safe_dump(config, sort_keys=False))
 

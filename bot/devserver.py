@@ -29,6 +29,7 @@ import yaml
 
 __all__ = [
     "GENEROUS_RATE_LIMITS",
+    "bot_config",
     "DevSynapse",
     "MakeSynapse",
     "Synapse",
@@ -67,6 +68,37 @@ GENEROUS_RATE_LIMITS: dict[str, Any] = {
 
 # Every child process group we started and have not yet reaped; killed at interpreter exit.
 _LIVE_PROCESSES: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def bot_config(
+    homeserver: str,
+    user_id: str,
+    password: str,
+    *layers: dict[str, Any],
+    device_name: str,
+    roadmap: Path,
+) -> dict[str, Any]:
+    """A bot config for a local homeserver (the demo, the tests, the benchmarks).
+
+    Each layer is merged in, in order: a mapping updates that section, anything else replaces.
+    """
+    config: dict[str, Any] = {
+        "matrix": {
+            "homeserver": homeserver,
+            "user_id": user_id,
+            "password": password,
+            "device_name": device_name,
+        },
+        "storage": {"data_dir": "data"},
+        "roadmap": str(roadmap),
+    }
+    for layer in layers:
+        for key, value in layer.items():
+            if isinstance(value, dict):
+                config.setdefault(key, {}).update(value)
+            else:
+                config[key] = value
+    return config
 
 
 def _kill_leftovers() -> None:

@@ -398,10 +398,13 @@ class MatrixBot:
             if item.room_id is None and item.to_user is not None:
                 await self._open_direct_chat(item.id, item.to_user)
                 continue  # the new room arrives with the next sync
-            if item.room_id not in self.client.rooms:
-                continue  # not synced yet (just joined or created): the next sync brings it
             if item.room_id in held_back:
                 continue  # an earlier message to this room failed: keep them in order
+            if item.room_id not in self.client.rooms:
+                # Just joined or created, the next sync brings it; a room the bot has left
+                # never comes, so this counts as a failed attempt too.
+                await self._failed(item, "the bot is not in that room (yet)")
+                continue
             if await self._send(item):
                 await self.store.outbox_sent(item.id)
                 if item.attempts:
@@ -412,17 +415,22 @@ class MatrixBot:
                 continue
             self.metrics.send_failures.inc()
             held_back.add(item.room_id or "")
-            if item.attempts + 1 >= MAX_SEND_ATTEMPTS:
-                self.metrics.send_dropped.inc()
-                log.error(
-                    "giving up on message %s to %s after %d attempts",
-                    item.txn_id,
-                    item.room_id,
-                    item.attempts + 1,
-                )
-                await self.store.outbox_sent(item.id)
-            else:
-                await self.store.outbox_failed(item.id)
+            await self._failed(item, "sending failed")
+
+    async def _failed(self, item: OutboxItem, why: str) -> None:
+        """One more failed attempt; after MAX_SEND_ATTEMPTS the message is given up, loudly."""
+        if item.attempts + 1 < MAX_SEND_ATTEMPTS:
+            await self.store.outbox_failed(item.id)
+            return
+        self.metrics.send_dropped.inc()
+        log.error(
+            "giving up on message %s after %d attempts: %s",
+            item.txn_id,
+            item.attempts + 1,
+            why,
+            extra={"room": item.room_id},
+        )
+        await self.store.outbox_sent(item.id)
 
     async def _open_direct_chat(self, item_id: int, user_id: str) -> None:
         """Finds the direct chat with `user_id`, or makes one (encrypted, as Element would)."""

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from bot.devserver import bot_config
+
 REPO = Path(__file__).resolve().parents[2]
 READY = "first sync done; ready for commands"
 
@@ -35,25 +37,21 @@ class BotProcess:
         self.user_id = user_id
         self.config_path = workdir / "config.yaml"
         self.log_path = workdir / "bot.log"
-        config: dict[str, Any] = {
-            "matrix": {
-                "homeserver": homeserver,
-                "user_id": user_id,
-                "password": password,
-                "device_name": "test-bot",
-            },
-            "storage": {"data_dir": "data"},
-            "roadmap": str(REPO / "roadmap.yaml"),
+        defaults: dict[str, Any] = {
             "people": {"mentors": mentors or [], "admins": admins or []},
             "logging": {"level": "DEBUG"},
             # Tests type faster than people: flood control has a test of its own.
             "bot": {"flood_limit": 1000},
         }
-        for key, value in (extra or {}).items():
-            if isinstance(value, dict):
-                config.setdefault(key, {}).update(value)
-            else:
-                config[key] = value
+        config = bot_config(
+            homeserver,
+            user_id,
+            password,
+            defaults,
+            extra or {},
+            device_name="test-bot",
+            roadmap=REPO / "roadmap.yaml",
+        )
         self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
         self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
