@@ -56,11 +56,19 @@ class FloodGate:
         self._seen: dict[str, deque[int]] = {}
         self._warned: set[str] = set()
 
-    def check(self, sender: str, ts_ms: int) -> str:
-        """'ok', 'warn' (the first one over the limit) or 'drop'."""
+    def _window(self, sender: str, ts_ms: int) -> deque[int]:
         seen = self._seen.setdefault(sender, deque())
         while seen and seen[0] <= ts_ms - self.window_ms:
             seen.popleft()
+        return seen
+
+    def would_pass(self, sender: str, ts_ms: int) -> bool:
+        """Whether `check` would say 'ok', without counting the message."""
+        return len(self._window(sender, ts_ms)) < self.limit
+
+    def check(self, sender: str, ts_ms: int) -> str:
+        """'ok', 'warn' (the first one over the limit) or 'drop'."""
+        seen = self._window(sender, ts_ms)
         if len(seen) < self.limit:
             seen.append(ts_ms)
             self._warned.discard(sender)
@@ -69,6 +77,12 @@ class FloodGate:
             return "drop"
         self._warned.add(sender)
         return "warn"
+
+    def forget(self, sender: str, ts_ms: int) -> None:
+        """Takes back a `check` of a message that turned out to be handled before."""
+        seen = self._seen.get(sender)
+        if seen is not None and ts_ms in seen:
+            seen.remove(ts_ms)
 
 
 @dataclass(frozen=True)
@@ -131,16 +145,26 @@ class Dispatcher:
         return parse(body[: MAX_COMMAND_LENGTH + 1], self.prefix) is not None
 
     async def handle(self, msg: Incoming) -> list[OutboxItem] | None:
-        """Runs one command; None when the text is no command or was handled before."""
+        """Runs one command; None when the text is no command or was handled before.
+
+        Whether the event was handled before is settled by the commit itself (one round trip
+        to the database, not two): running a command has no effect until it is committed.
+        """
         parsed = parse(msg.body, self.prefix)
-        if parsed is None or await self.store.was_handled(msg.event_id):
+        if parsed is None:
             return None
         now = self.clock()
         cmd = self.commands.get(parsed.name)
-        verdict = self.flood.check(msg.sender, msg.ts_ms or int(now.timestamp() * 1000))
+        sent_ms = msg.ts_ms or int(now.timestamp() * 1000)
+        if not self.flood.would_pass(msg.sender, sent_ms) and await self.store.was_handled(
+            msg.event_id
+        ):
+            return None  # a replay after a restart is no flood
+        verdict = self.flood.check(msg.sender, sent_ms)
+        label = cmd.name if cmd is not None else "unknown"
         if verdict == "drop":
             if self.metrics is not None:
-                self.metrics.commands.labels(cmd.name if cmd else "unknown", "flood").inc()
+                self.metrics.commands.labels(label, "flood").inc()
             return None
         if verdict == "warn":
             slow = text(
@@ -150,9 +174,6 @@ class Dispatcher:
             outcome, finished = Outcome(slow, outcome="flood"), None
         else:
             outcome, finished = await self._run(msg, cmd, parsed.name, parsed.args, now)
-        if self.metrics is not None:
-            label = cmd.name if cmd is not None else "unknown"
-            self.metrics.commands.labels(label, outcome.outcome).inc()
         reply = reply_content(outcome.reply, msg.event_id)
         txn = reply_txn_id(msg.event_id)
         first: list[tuple[str, Send]] = [(txn, Send("reply", reply, room_id=msg.room_id))]
@@ -177,7 +198,12 @@ class Dispatcher:
             at=now,
             finished=finished,
         )
-        if items is not None and outcome.new_roadmap is not None:
+        if items is None:  # handled before: a replay, which must not count as a command
+            self.flood.forget(msg.sender, sent_ms)
+            return None
+        if self.metrics is not None:
+            self.metrics.commands.labels(label, outcome.outcome).inc()
+        if outcome.new_roadmap is not None:
             await self._swap_roadmap(outcome.new_roadmap, now)
         return items
 

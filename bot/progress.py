@@ -8,7 +8,7 @@ returns the `Change` it makes; the store persists changes as the append-only act
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
@@ -101,7 +101,10 @@ def next_unfinished(roadmap: Roadmap, progress: Progress, after: Step | None) ->
 
 
 def is_finished(roadmap: Roadmap, progress: Progress) -> bool:
-    return all(progress.state(s.id).finished for s in roadmap)
+    states = progress.states
+    if len(states) < len(roadmap):
+        return False  # a step with no entry is pending
+    return all(states.get(s.id, State.PENDING).finished for s in roadmap)
 
 
 def enroll(roadmap: Roadmap, progress: Progress) -> Change | None:
@@ -170,19 +173,40 @@ def undo(progress: Progress) -> Change | UndoRefused:
 
 
 def apply(progress: Progress, change: Change, at: datetime | None = None) -> Progress:
-    """The snapshot after `change` (the last-undoable entry is left for the store to recompute)."""
+    """The snapshot after `change` (the last-undoable entry is left for the store to recompute).
+
+    Builds the snapshot field by field (this runs for every command): keep it in step with
+    `Progress` (tests/unit/test_progress.py checks that every other field is carried over)."""
     states = dict(progress.states)
     if change.step_id is not None and change.to_state is not None:
         states[change.step_id] = change.to_state
     enrolled_at = progress.enrolled_at
     if change.action == Action.ENROLL and enrolled_at is None:
         enrolled_at = at or datetime.min
-    return replace(
-        progress,
+    return Progress(
+        user_id=progress.user_id,
         enrolled_at=enrolled_at,
-        states=states,
         current_id=change.new_current,
+        states=states,
+        last_undoable=progress.last_undoable,
         last_activity_at=at or progress.last_activity_at,
+        mentor=progress.mentor,
+        timezone=progress.timezone,
+    )
+
+
+def undoable(change: Change, entry_id: int) -> Undoable | None:
+    """What a done/skip change becomes once logged as activity entry `entry_id`."""
+    if change.action not in UNDOABLE or change.from_state is None or change.to_state is None:
+        return None
+    assert change.step_id is not None
+    return Undoable(
+        entry_id,
+        change.step_id,
+        change.from_state,
+        change.to_state,
+        change.prev_current,
+        change.new_current,
     )
 
 

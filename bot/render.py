@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import quote
 
 from bot.progress import Progress, State, current_step, section_progress, totals
@@ -52,6 +53,14 @@ class Mention:
 
 
 Inline = str | Bold | Code | Link | Mention
+
+
+@dataclass(frozen=True)
+class Block:
+    """Lines rendered once (both renderings), to be added to many messages."""
+
+    plain: tuple[str, ...]
+    html: str
 
 
 def _plain(parts: Sequence[Inline]) -> str:
@@ -126,6 +135,14 @@ class Message:
         self._html.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         return self
 
+    def block(self, block: Block) -> Message:
+        self._plain.extend(block.plain)
+        self._html.append(block.html)
+        return self
+
+    def freeze(self) -> Block:
+        return Block(tuple(self._plain), "".join(self._html))
+
     def reply(self) -> Reply:
         return Reply("\n".join(self._plain), "".join(self._html))
 
@@ -148,25 +165,19 @@ def resource_items(resources: Iterable[Resource]) -> list[list[Inline]]:
     return [[Link(r.title, r.url), f" ({r.kind})"] for r in resources]
 
 
-def step_heading(step: Step, roadmap: Roadmap) -> list[Inline]:
+def step_heading(step: Step, steps: int) -> list[Inline]:
     return [
         Bold(f"{step.number} {step.title}"),
-        f" — step {step.index + 1} of {len(roadmap)}, section {step.section_title}",
+        f" — step {step.index + 1} of {steps}, section {step.section_title}",
     ]
 
 
-def render_step(
-    m: Message, roadmap: Roadmap, progress: Progress, step: Step, prefix: str
-) -> Message:
-    state = progress.state(step.id)
-    m.line(*step_heading(step, roadmap))
-    details = []
-    if step.estimate:
-        details.append(f"about {step.estimate}")
-    if state != State.PENDING:
-        details.append(f"you marked it {state.value}")
-    if step.summary or details:
-        m.line(step.summary + (f" ({', '.join(details)})" if details else ""))
+@lru_cache(maxsize=1024)
+def _step_blocks(step: Step, steps: int, prefix: str) -> tuple[Block, Block]:
+    """What a step's view says whatever the newcomer's progress: the lines above the
+    summary and the lines below it. Rendered once per step (and roadmap size, and prefix)."""
+    head = Message().line(*step_heading(step, steps)).freeze()
+    m = Message()
     if step.topics:
         m.line("Topics:").bullets([[t] for t in step.topics])
     if step.resources:
@@ -178,7 +189,23 @@ def render_step(
         Code(f"{prefix}skip"),
         ".",
     )
-    return m
+    return head, m.freeze()
+
+
+def render_step(
+    m: Message, roadmap: Roadmap, progress: Progress, step: Step, prefix: str
+) -> Message:
+    head, tail = _step_blocks(step, len(roadmap), prefix)
+    state = progress.state(step.id)
+    m.block(head)
+    details = []
+    if step.estimate:
+        details.append(f"about {step.estimate}")
+    if state != State.PENDING:
+        details.append(f"you marked it {state.value}")
+    if step.summary or details:
+        m.line(step.summary + (f" ({', '.join(details)})" if details else ""))
+    return m.block(tail)
 
 
 def render_current(m: Message, roadmap: Roadmap, progress: Progress, prefix: str) -> Message:

@@ -12,7 +12,7 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -22,6 +22,7 @@ import aiosqlite
 from bot.nudges import Candidate
 from bot.ops import Op, RecordNudge, Send, SetMentor, SetPause, SetTimezone
 from bot.progress import (
+    UNDOABLE,
     Action,
     ActivityEntry,
     Change,
@@ -29,7 +30,9 @@ from bot.progress import (
     Progress,
     State,
     Undoable,
+    undoable,
 )
+from bot.progress import apply as apply_change
 
 T = TypeVar("T")
 Migration = Callable[[aiosqlite.Connection], Awaitable[None]]
@@ -171,10 +174,20 @@ class OutboxItem:
 
 
 class Store:
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    """One connection, one writer: the bot process is the only one that writes the database.
+
+    That makes a write-through cache of newcomers' progress safe: every write that touches a
+    cached newcomer updates (or drops) the entry in the same worker-thread step that commits,
+    so `load_progress` answers from memory exactly what the database would say.
+    """
+
+    def __init__(self, db: aiosqlite.Connection, path: Path, cache_size: int = 1024) -> None:
         self._db = db
         self._lock = asyncio.Lock()
         self.path = path
+        # Written only in aiosqlite's worker thread (in commit order), read on the event loop.
+        self._progress: dict[str, Progress] = {}
+        self._cache_size = cache_size
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -275,7 +288,23 @@ class Store:
     # --- progress -------------------------------------------------------------------------
 
     async def load_progress(self, user_id: str) -> Progress:
-        return await self._in_thread(lambda conn: _load_progress(conn, user_id))
+        cached = self._progress.get(user_id)
+        if cached is not None:
+            return cached
+        return await self._in_thread(lambda conn: self._remember(_load_progress(conn, user_id)))
+
+    def _remember(self, progress: Progress) -> Progress:
+        """Caches a newcomer's progress as committed (worker thread only); oldest out first."""
+        cache = self._progress
+        cache.pop(progress.user_id, None)
+        cache[progress.user_id] = progress
+        if len(cache) > self._cache_size:
+            del cache[next(iter(cache))]
+        return progress
+
+    def _forget(self, user_ids: Iterable[str]) -> None:
+        for user_id in user_ids:
+            self._progress.pop(user_id, None)
 
     async def history(self, user_id: str, limit: int = 20) -> list[ActivityEntry]:
         rows = await self._all(
@@ -324,6 +353,7 @@ class Store:
         changes, ops, messages = list(changes), list(ops), list(messages)
 
         def work(conn: sqlite3.Connection) -> list[OutboxItem] | None:
+            progress = self._progress.get(sender)
             with _transaction(conn):
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO handled_events (event_id, room_id, sender, "
@@ -333,19 +363,32 @@ class Store:
                 if cur.rowcount == 0:
                     return None
                 for change in changes:
-                    _apply(conn, sender, sender, change, event_id, when)
+                    entry_id = _apply(conn, sender, sender, change, event_id, when)
+                    if progress is not None:
+                        progress = _progress_after(conn, progress, change, entry_id, when)
+                # Any command from an enrolled newcomer counts as activity (no row: no-op).
                 conn.execute(
-                    "UPDATE newcomers SET last_activity_at = ?, nudges_in_row = 0 "
-                    "WHERE user_id = ?",
-                    (when, sender),
+                    "UPDATE newcomers SET last_activity_at = :at, nudges_in_row = 0, "
+                    "current_step = CASE WHEN :moved THEN :current ELSE current_step END, "
+                    "finished_at = CASE WHEN :finished IS NULL THEN finished_at "
+                    "WHEN :finished THEN coalesce(finished_at, :at) ELSE NULL END "
+                    "WHERE user_id = :user",
+                    {
+                        "at": when,
+                        "moved": bool(changes),
+                        "current": changes[-1].new_current if changes else None,
+                        "finished": finished,
+                        "user": sender,
+                    },
                 )
-                if finished is not None:
-                    conn.execute(
-                        "UPDATE newcomers SET finished_at = CASE WHEN ? THEN "
-                        "coalesce(finished_at, ?) ELSE NULL END WHERE user_id = ?",
-                        (finished, when, sender),
-                    )
-                return _apply_ops_and_queue(conn, ops, messages, when)
+                if progress is not None and progress.enrolled:
+                    progress = replace(progress, last_activity_at=parse_ts(when))
+                items = _apply_ops_and_queue(conn, ops, messages, when)
+            touched = set(_users_of(ops))
+            self._forget(touched)
+            if progress is not None and sender not in touched:
+                self._remember(progress)
+            return items
 
         return await self._in_thread(work)
 
@@ -358,7 +401,9 @@ class Store:
 
         def work(conn: sqlite3.Connection) -> list[OutboxItem]:
             with _transaction(conn):
-                return _apply_ops_and_queue(conn, ops, messages, when)
+                items = _apply_ops_and_queue(conn, ops, messages, when)
+            self._forget(_users_of(ops))
+            return items
 
         return await self._in_thread(work)
 
@@ -586,6 +631,19 @@ def _load_progress(conn: sqlite3.Connection, user_id: str) -> Progress:
         r["step_id"]: State(r["state"])
         for r in conn.execute("SELECT step_id, state FROM progress WHERE user_id = ?", (user_id,))
     }
+    return Progress(
+        user_id=user_id,
+        enrolled_at=parse_ts(row["enrolled_at"]),
+        current_id=row["current_step"],
+        states=states,
+        last_undoable=_last_undoable(conn, user_id),
+        last_activity_at=parse_ts(row["last_activity_at"]),
+        mentor=row["mentor"],
+        timezone=row["timezone"],
+    )
+
+
+def _last_undoable(conn: sqlite3.Connection, user_id: str) -> Undoable | None:
     last = conn.execute(
         """
         SELECT a.id, a.step_id, a.from_state, a.to_state, a.prev_current, a.new_current
@@ -596,28 +654,36 @@ def _load_progress(conn: sqlite3.Connection, user_id: str) -> Progress:
         """,
         (user_id, Action.DONE.value, Action.SKIP.value),
     ).fetchone()
-    undoable = (
-        Undoable(
-            last["id"],
-            last["step_id"],
-            State(last["from_state"]),
-            State(last["to_state"]),
-            last["prev_current"],
-            last["new_current"],
-        )
-        if last
-        else None
+    if last is None:
+        return None
+    return Undoable(
+        last["id"],
+        last["step_id"],
+        State(last["from_state"]),
+        State(last["to_state"]),
+        last["prev_current"],
+        last["new_current"],
     )
-    return Progress(
-        user_id=user_id,
-        enrolled_at=parse_ts(row["enrolled_at"]),
-        current_id=row["current_step"],
-        states=states,
-        last_undoable=undoable,
-        last_activity_at=parse_ts(row["last_activity_at"]),
-        mentor=row["mentor"],
-        timezone=row["timezone"],
-    )
+
+
+def _progress_after(
+    conn: sqlite3.Connection, progress: Progress, change: Change, entry_id: int, at: str
+) -> Progress:
+    """The cached snapshot after `change` (entry `entry_id`): what `_load_progress` would read."""
+    after = apply_change(progress, change, parse_ts(at))
+    if change.action in UNDOABLE:
+        return replace(after, last_undoable=undoable(change, entry_id))
+    if change.action == Action.UNDO:
+        return replace(after, last_undoable=_last_undoable(conn, progress.user_id))
+    return after
+
+
+def _users_of(ops: Iterable[Op]) -> Iterator[str]:
+    """The newcomers whose rows these ops write (their cached progress is dropped)."""
+    for op in ops:
+        match op:
+            case SetMentor(user_id) | SetPause(user_id) | SetTimezone(user_id):
+                yield user_id
 
 
 def _apply(
@@ -627,17 +693,13 @@ def _apply(
     change: Change,
     event_id: str | None,
     at: str,
-) -> None:
+) -> int:
+    """Writes one change (the caller moves the newcomer's pointer); returns its activity id."""
     if change.action == Action.ENROLL:
         conn.execute(
             "INSERT OR IGNORE INTO newcomers (user_id, enrolled_at, current_step, "
             "last_activity_at) VALUES (?, ?, ?, ?)",
             (user_id, at, change.new_current, at),
-        )
-    else:
-        conn.execute(
-            "UPDATE newcomers SET current_step = ?, last_activity_at = ? WHERE user_id = ?",
-            (change.new_current, at, user_id),
         )
     if change.step_id is not None and change.to_state is not None:
         conn.execute(
@@ -646,7 +708,7 @@ def _apply(
             "changed_at = excluded.changed_at WHERE state != excluded.state",
             (user_id, change.step_id, change.to_state.value, at),
         )
-    conn.execute(
+    cur = conn.execute(
         "INSERT INTO activity (user_id, actor, action, step_id, from_state, to_state, "
         "prev_current, new_current, undoes, event_id, at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -664,6 +726,8 @@ def _apply(
             at,
         ),
     )
+    assert cur.lastrowid is not None
+    return cur.lastrowid
 
 
 def _apply_ops_and_queue(

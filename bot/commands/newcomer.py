@@ -61,7 +61,7 @@ def resources(ctx: Ctx, step: Step | None) -> Outcome:
     step = step or current_step(ctx.roadmap, ctx.progress)
     if step is None:
         return Outcome(text("You have finished the roadmap; name a step to see its resources."))
-    m = Message().line(*step_heading(step, ctx.roadmap))
+    m = Message().line(*step_heading(step, len(ctx.roadmap)))
     if step.resources:
         m.bullets(resource_items(step.resources))
     else:

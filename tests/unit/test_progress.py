@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
+from datetime import UTC, datetime
 
 import pytest
 
@@ -26,16 +27,7 @@ def after(progress: Progress, change: Change | UndoRefused | None, entry_id: int
     assert isinstance(change, Change), change
     p = rules.apply(progress, change)
     if change.action in rules.UNDOABLE:
-        assert change.step_id and change.from_state and change.to_state
-        last = Undoable(
-            entry_id,
-            change.step_id,
-            change.from_state,
-            change.to_state,
-            change.prev_current,
-            change.new_current,
-        )
-        p = replace(p, last_undoable=last)
+        p = replace(p, last_undoable=rules.undoable(change, entry_id))
     elif change.action == Action.UNDO:
         p = replace(p, last_undoable=None)
     return p
@@ -237,3 +229,27 @@ def test_section_progress_counts_per_section(small: Roadmap) -> None:
         (sp.section.id, sp.done, sp.skipped, sp.total) for sp in rules.section_progress(small, p)
     ]
     assert rows == [("alpha", 1, 1, 3), ("beta", 1, 0, 2)]
+
+
+def test_apply_carries_over_every_field_the_change_does_not_touch(small: Roadmap) -> None:
+    at = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
+    before = Progress(
+        USER,
+        enrolled_at=datetime(2026, 11, 1, tzinfo=UTC),
+        current_id="a-one",
+        states={"a-one": State.LEARNING},
+        last_undoable=Undoable(7, "b-one", State.PENDING, State.DONE, "b-one", "b-two"),
+        last_activity_at=datetime(2026, 11, 1, 12, tzinfo=UTC),
+        mentor="@mentor:example.org",
+        timezone="Europe/Berlin",
+    )
+    moved = rules.apply(before, Change(Action.GOTO, "a-two", None, None, "a-one", "a-two"), at)
+    assert (moved.current_id, moved.states, moved.last_activity_at) == (
+        "a-two",
+        before.states,
+        at,
+    )
+    touched = {"current_id", "states", "last_activity_at"}
+    for f in fields(Progress):
+        if f.name not in touched:
+            assert getattr(moved, f.name) == getattr(before, f.name), f.name

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -47,15 +47,10 @@ html = st.one_of(
 senders = st.sampled_from(["@nina:example.org", "@omar:example.org", MENTOR, ADMIN])
 
 
-@pytest.fixture(scope="module")
-def world(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[asyncio.AbstractEventLoop, Dispatcher]]:
-    loop = asyncio.new_event_loop()
-    store = loop.run_until_complete(Store.open(tmp_path_factory.mktemp("prop") / "bot.db"))
+def dispatcher_on(store: Store, timezone: str, clock: Callable[[], datetime]) -> Dispatcher:
     policy = NudgePolicy(
         idle_after=timedelta(days=3),
-        timezone=parse_timezone("Europe/Berlin"),
+        timezone=parse_timezone(timezone),
         working_days=DEFAULT_WORKING_DAYS,
         quiet=None,
         escalate_after=3,
@@ -69,16 +64,25 @@ def world(
         server_name="example.org",
         load_roadmap=lambda: ROADMAP,
     )
-    dispatcher = Dispatcher(
+    return Dispatcher(
         roadmap=ROADMAP,
         commands=all_commands(),
         store=store,
         people=People(frozenset({MENTOR}), frozenset({ADMIN})),
         services=services,
         prefix="!",
-        clock=lambda: NOW,
+        clock=clock,
         flood=FloodGate(limit=10**9),
     )
+
+
+@pytest.fixture(scope="module")
+def world(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[asyncio.AbstractEventLoop, Dispatcher]]:
+    loop = asyncio.new_event_loop()
+    store = loop.run_until_complete(Store.open(tmp_path_factory.mktemp("prop") / "bot.db"))
+    dispatcher = dispatcher_on(store, "Europe/Berlin", lambda: NOW)
     yield loop, dispatcher
     loop.run_until_complete(store.close())
     loop.close()
@@ -134,3 +138,76 @@ def test_parse_never_raises_and_names_are_clean(body: str, prefix: str) -> None:
         assert parsed.name and parsed.name == parsed.name.lower()
         assert not any(c.isspace() for c in parsed.name)
         assert parsed.args == " ".join(parsed.args.split())
+
+
+# The store answers load_progress from a write-through cache: after any sequence of commands,
+# what it answers must be exactly what a fresh connection reads from the file.
+journey = st.sampled_from(
+    [
+        "!start",
+        "!done",
+        "!done",
+        "!skip",
+        "!undo",
+        "!undo",
+        "!next",
+        "!doing",
+        "!done 1.1",
+        "!skip 2.8",
+        "!goto 3.1",
+        "!goto 1.1",
+        "!doing 2.1",
+        "!undo",
+        "!tz Europe/Berlin",
+        "!timezone UTC",
+        "!pause 2d",
+        "!resume",
+        "!help",
+    ]
+)
+mentor_says = st.sampled_from(
+    [
+        "!assign @nina:example.org @mentor:example.org",
+        "!assign @omar:example.org @mentor:example.org",
+        "!nudge @nina:example.org",
+        "!status @omar:example.org",
+        "!reload",
+    ]
+)
+steps_of = st.lists(
+    st.tuples(st.sampled_from(["@nina:example.org", "@omar:example.org"]), journey)
+    | st.tuples(st.sampled_from([MENTOR, ADMIN]), mentor_says),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=steps_of)
+def test_cached_progress_is_what_the_database_holds(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, str]]
+) -> None:
+    async def run() -> None:
+        path = tmp_path_factory.mktemp("cache") / "bot.db"
+        store = await Store.open(path)
+        fresh = await Store.open(path)  # a second connection, nothing cached
+        try:
+            dispatcher = dispatcher_on(store, "UTC", lambda: NOW + timedelta(seconds=next(_ids)))
+            users = ["@nina:example.org", "@omar:example.org"]
+            for sender, body in steps:
+                items = await dispatcher.handle(
+                    Incoming(f"$c{next(_ids)}", "!room:example.org", sender, body)
+                )
+                assert items, f"no reply to {body!r}"
+                for user in users:
+                    cached = await store.load_progress(user)
+                    on_disk = await fresh.load_progress(user)
+                    fresh._progress.clear()  # noqa: SLF001 - read the file every time
+                    assert cached == on_disk, f"after {sender}: {body!r}"
+        finally:
+            await fresh.close()
+            await store.close()
+
+    asyncio.run(run())
