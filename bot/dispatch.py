@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +30,7 @@ from bot.metrics import Metrics
 from bot.ops import Send
 from bot.render import Code, Reply, text
 from bot.roadmap import Roadmap
-from bot.store import OutboxItem, Store
+from bot.store import CommandRecord, OutboxItem, Store
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,17 @@ def reply_content(reply: Reply, in_reply_to: str | None) -> dict[str, Any]:
     return content
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """A command run but not yet committed."""
+
+    msg: Incoming
+    sent_ms: int
+    label: str  # the command's name for metrics, or "unknown"
+    outcome: Outcome
+    record: CommandRecord
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -145,16 +156,45 @@ class Dispatcher:
         return parse(body[: MAX_COMMAND_LENGTH + 1], self.prefix) is not None
 
     async def handle(self, msg: Incoming) -> list[OutboxItem] | None:
-        """Runs one command; None when the text is no command or was handled before.
+        """Runs one command; None when the text is no command or was handled before."""
+        return (await self.handle_all([msg]))[0]
 
-        Whether the event was handled before is settled by the commit itself (one round trip
-        to the database, not two): running a command has no effect until it is committed.
+    async def handle_all(self, msgs: Sequence[Incoming]) -> list[list[OutboxItem] | None]:
+        """Runs the commands among `msgs` in order; for each, the messages it queued (the
+        reply first) or None (no command, handled before, or dropped by flood control).
+
+        Group commit: consecutive commands go to the database in one transaction, as long as
+        none depends on another's result. So a sender's second command waits for the first to
+        be committed, and mentor and admin commands (which read what others did) are committed
+        on their own. Nothing a command does takes effect before its commit, and a replayed
+        event (one a restart re-delivers) is found out there: it changes nothing.
         """
-        parsed = parse(msg.body, self.prefix)
-        if parsed is None:
-            return None
+        results: list[list[OutboxItem] | None] = [None] * len(msgs)
+        batch: list[tuple[int, _Prepared]] = []
+        for i, msg in enumerate(msgs):
+            parsed = parse(msg.body, self.prefix)
+            if parsed is None:
+                continue
+            cmd = self.commands.get(parsed.name)
+            alone = cmd is not None and cmd.role > Role.NEWCOMER
+            if batch and (alone or any(p.msg.sender == msg.sender for _, p in batch)):
+                await self._commit(batch, results)
+                batch = []
+            prepared = await self._prepare(msg, cmd, parsed.name, parsed.args)
+            if prepared is not None:
+                batch.append((i, prepared))
+                if alone:
+                    await self._commit(batch, results)
+                    batch = []
+        if batch:
+            await self._commit(batch, results)
+        return results
+
+    async def _prepare(
+        self, msg: Incoming, cmd: Command | None, name: str, args: str
+    ) -> _Prepared | None:
+        """Runs a command on committed state; what it would write. None: dropped (flood)."""
         now = self.clock()
-        cmd = self.commands.get(parsed.name)
         sent_ms = msg.ts_ms or int(now.timestamp() * 1000)
         if not self.flood.would_pass(msg.sender, sent_ms) and await self.store.was_handled(
             msg.event_id
@@ -173,7 +213,7 @@ class Dispatcher:
             )
             outcome, finished = Outcome(slow, outcome="flood"), None
         else:
-            outcome, finished = await self._run(msg, cmd, parsed.name, parsed.args, now)
+            outcome, finished = await self._run(msg, cmd, name, args, now)
         reply = reply_content(outcome.reply, msg.event_id)
         txn = reply_txn_id(msg.event_id)
         first: list[tuple[str, Send]] = [(txn, Send("reply", reply, room_id=msg.room_id))]
@@ -188,24 +228,31 @@ class Dispatcher:
                 ),
             ]
         more = [(f"{txn}-{send.key}", send) for send in outcome.messages]
-        items = await self.store.commit_command(
+        record = CommandRecord(
             event_id=msg.event_id,
             room_id=msg.room_id,
             sender=msg.sender,
             changes=outcome.changes,
-            ops=outcome.ops,
-            messages=first + more,
+            ops=tuple(outcome.ops),
+            messages=(*first, *more),
             at=now,
             finished=finished,
         )
-        if items is None:  # handled before: a replay, which must not count as a command
-            self.flood.forget(msg.sender, sent_ms)
-            return None
-        if self.metrics is not None:
-            self.metrics.commands.labels(label, outcome.outcome).inc()
-        if outcome.new_roadmap is not None:
-            await self._swap_roadmap(outcome.new_roadmap, now)
-        return items
+        return _Prepared(msg, sent_ms, label, outcome, record)
+
+    async def _commit(
+        self, batch: list[tuple[int, _Prepared]], results: list[list[OutboxItem] | None]
+    ) -> None:
+        committed = await self.store.commit_commands([p.record for _, p in batch])
+        for (i, p), items in zip(batch, committed, strict=True):
+            if items is None:  # handled before: a replay, which must not count as a command
+                self.flood.forget(p.msg.sender, p.sent_ms)
+                continue
+            results[i] = items
+            if self.metrics is not None:
+                self.metrics.commands.labels(p.label, p.outcome.outcome).inc()
+            if p.outcome.new_roadmap is not None:
+                await self._swap_roadmap(p.outcome.new_roadmap, p.record.at)
 
     async def _swap_roadmap(self, roadmap: Roadmap, now: datetime) -> None:
         self.roadmap = roadmap

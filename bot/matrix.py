@@ -126,6 +126,7 @@ class MatrixBot:
         self.last_sync_ok: float | None = None
         self.sync_failing = False
         self._arrived: dict[str, float] = {}  # reply txn id -> when its command arrived
+        self._inbox: list[tuple[Incoming, float]] = []  # this sync's commands, as they arrived
         self._first_start_ms = 0
         self._stopping = asyncio.Event()
         self._flush_lock = asyncio.Lock()
@@ -216,6 +217,7 @@ class MatrixBot:
         backoff = Backoff()
         full_state = True  # the first sync of every start rebuilds room state in memory
         while not self._stopping.is_set():
+            self._inbox.clear()  # left by a failed sync: its events come again
             try:
                 resp = await self.client.sync(
                     timeout=SYNC_TIMEOUT_MS,
@@ -242,6 +244,7 @@ class MatrixBot:
                 log.info("first sync done; ready for commands")
                 self.synced.set()
             full_state = False
+            await self._handle_inbox()  # committed before the token moves past them
             token = resp.next_batch
             await self.store.set_value(SYNC_TOKEN_KEY, token)
             self.last_sync_ok = time.monotonic()
@@ -331,22 +334,34 @@ class MatrixBot:
         if is_direct and self._direct.get(sender) != room.room_id:
             await self.store.set_direct_room(sender, room.room_id)
             self._direct[sender] = room.room_id
-        items = await self.dispatcher.handle(
-            Incoming(
-                event.event_id,
-                room.room_id,
-                sender,
-                event.body,
-                formatted_body=content.get("formatted_body"),
-                is_direct=is_direct,
-                ts_ms=event.server_timestamp,
+        self._inbox.append(
+            (
+                Incoming(
+                    event.event_id,
+                    room.room_id,
+                    sender,
+                    event.body,
+                    formatted_body=content.get("formatted_body"),
+                    is_direct=is_direct,
+                    ts_ms=event.server_timestamp,
+                ),
+                arrived,
             )
         )
-        if items:
-            self._arrived[items[0].txn_id] = arrived
-            log.info(
-                "command handled, reply queued", extra={"room": room.room_id, "sender": sender}
-            )
+
+    async def _handle_inbox(self) -> None:
+        """The commands of one sync, handled together (the dispatcher commits them in groups)."""
+        inbox, self._inbox = self._inbox, []
+        if not inbox:
+            return
+        results = await self.dispatcher.handle_all([msg for msg, _ in inbox])
+        for (msg, arrived), items in zip(inbox, results, strict=True):
+            if items:
+                self._arrived[items[0].txn_id] = arrived
+                log.info(
+                    "command handled, reply queued",
+                    extra={"room": msg.room_id, "sender": msg.sender},
+                )
 
     async def _on_undecryptable(self, room: MatrixRoom, event: MegolmEvent) -> None:
         """A message the bot has no key for: ask the sender's devices for the key, and say

@@ -10,7 +10,7 @@ import asyncio
 import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -171,6 +171,20 @@ class OutboxItem:
     content: dict[str, Any]
     attempts: int = 0
     to_user: str | None = None
+
+
+@dataclass(frozen=True)
+class CommandRecord:
+    """What one handled command writes: committed together with the event marked handled."""
+
+    event_id: str
+    room_id: str
+    sender: str
+    changes: tuple[Change, ...]
+    ops: tuple[Op, ...]
+    messages: tuple[tuple[str, Send], ...]  # (txn id, message); the first is the reply
+    at: datetime
+    finished: bool | None = None  # whether the sender has now finished (None: unchanged)
 
 
 class Store:
@@ -349,46 +363,37 @@ class Store:
         The first message is the reply. Returns None (and changes nothing) if the event was
         handled already. Any command from an enrolled newcomer counts as activity.
         """
-        when = ts(at)
-        changes, ops, messages = list(changes), list(ops), list(messages)
+        record = CommandRecord(
+            event_id, room_id, sender, tuple(changes), tuple(ops), tuple(messages), at, finished
+        )
+        return (await self.commit_commands([record]))[0]
 
-        def work(conn: sqlite3.Connection) -> list[OutboxItem] | None:
-            progress = self._progress.get(sender)
+    async def commit_commands(
+        self, records: Sequence[CommandRecord]
+    ) -> list[list[OutboxItem] | None]:
+        """Group commit: several commands in one transaction, one round trip, one disk write.
+
+        Each record is what `commit_command` does with one command, in order; a record whose
+        event was handled already changes nothing and gets None.
+        """
+
+        def work(conn: sqlite3.Connection) -> list[list[OutboxItem] | None]:
+            results: list[list[OutboxItem] | None] = []
+            latest: dict[str, Progress | None] = {}  # after this commit; None: not known
             with _transaction(conn):
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO handled_events (event_id, room_id, sender, "
-                    "handled_at) VALUES (?, ?, ?, ?)",
-                    (event_id, room_id, sender, when),
-                )
-                if cur.rowcount == 0:
-                    return None
-                for change in changes:
-                    entry_id = _apply(conn, sender, sender, change, event_id, when)
-                    if progress is not None:
-                        progress = _progress_after(conn, progress, change, entry_id, when)
-                # Any command from an enrolled newcomer counts as activity (no row: no-op).
-                conn.execute(
-                    "UPDATE newcomers SET last_activity_at = :at, nudges_in_row = 0, "
-                    "current_step = CASE WHEN :moved THEN :current ELSE current_step END, "
-                    "finished_at = CASE WHEN :finished IS NULL THEN finished_at "
-                    "WHEN :finished THEN coalesce(finished_at, :at) ELSE NULL END "
-                    "WHERE user_id = :user",
-                    {
-                        "at": when,
-                        "moved": bool(changes),
-                        "current": changes[-1].new_current if changes else None,
-                        "finished": finished,
-                        "user": sender,
-                    },
-                )
-                if progress is not None and progress.enrolled:
-                    progress = replace(progress, last_activity_at=parse_ts(when))
-                items = _apply_ops_and_queue(conn, ops, messages, when)
-            touched = set(_users_of(ops))
-            self._forget(touched)
-            if progress is not None and sender not in touched:
-                self._remember(progress)
-            return items
+                for r in records:
+                    known = latest[r.sender] if r.sender in latest else self._progress.get(r.sender)
+                    items, after = _write_command(conn, r, known)
+                    results.append(items)
+                    if items is not None:
+                        latest[r.sender] = after
+                        latest.update(dict.fromkeys(_users_of(r.ops)))
+            for user_id, progress in latest.items():
+                if progress is None:
+                    self._progress.pop(user_id, None)
+                else:
+                    self._remember(progress)
+            return results
 
         return await self._in_thread(work)
 
@@ -641,6 +646,43 @@ def _load_progress(conn: sqlite3.Connection, user_id: str) -> Progress:
         mentor=row["mentor"],
         timezone=row["timezone"],
     )
+
+
+def _write_command(
+    conn: sqlite3.Connection, r: CommandRecord, progress: Progress | None
+) -> tuple[list[OutboxItem] | None, Progress | None]:
+    """One command's writes inside the caller's transaction: its queued messages (None if the
+    event was handled before) and the sender's progress after it (None if not known)."""
+    when = ts(r.at)
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO handled_events (event_id, room_id, sender, handled_at) "
+        "VALUES (?, ?, ?, ?)",
+        (r.event_id, r.room_id, r.sender, when),
+    )
+    if cur.rowcount == 0:
+        return None, None
+    for change in r.changes:
+        entry_id = _apply(conn, r.sender, r.sender, change, r.event_id, when)
+        if progress is not None:
+            progress = _progress_after(conn, progress, change, entry_id, when)
+    # Any command from an enrolled newcomer counts as activity (no row: no-op).
+    conn.execute(
+        "UPDATE newcomers SET last_activity_at = :at, nudges_in_row = 0, "
+        "current_step = CASE WHEN :moved THEN :current ELSE current_step END, "
+        "finished_at = CASE WHEN :finished IS NULL THEN finished_at "
+        "WHEN :finished THEN coalesce(finished_at, :at) ELSE NULL END "
+        "WHERE user_id = :user",
+        {
+            "at": when,
+            "moved": bool(r.changes),
+            "current": r.changes[-1].new_current if r.changes else None,
+            "finished": r.finished,
+            "user": r.sender,
+        },
+    )
+    if progress is not None and progress.enrolled:
+        progress = replace(progress, last_activity_at=parse_ts(when))
+    return _apply_ops_and_queue(conn, list(r.ops), list(r.messages), when), progress
 
 
 def _last_undoable(conn: sqlite3.Connection, user_id: str) -> Undoable | None:

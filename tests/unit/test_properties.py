@@ -18,7 +18,7 @@ from bot.commands.registry import Services, parse
 from bot.dispatch import Dispatcher, FloodGate, Incoming, People
 from bot.nudges import NudgePolicy
 from bot.roadmap import find_step, load_roadmap
-from bot.store import Store
+from bot.store import OutboxItem, Store
 from bot.timeutil import DEFAULT_WORKING_DAYS, parse_timezone
 
 ROADMAP = load_roadmap(Path(__file__).resolve().parents[2] / "roadmap.yaml")
@@ -211,3 +211,58 @@ def test_cached_progress_is_what_the_database_holds(
             await store.close()
 
     asyncio.run(run())
+
+
+# Group commit: handing the dispatcher a whole sync's commands at once must answer and store
+# exactly what handing them over one by one does (replays and repeated senders included).
+sync_of = st.lists(
+    st.tuples(
+        st.sampled_from(["@nina:example.org", "@omar:example.org", "@ivy:example.org"]), journey
+    )
+    | st.tuples(st.sampled_from([MENTOR, ADMIN]), mentor_says)
+    | st.just(("replay", "")),
+    min_size=1,
+    max_size=20,
+)
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(syncs=st.lists(sync_of, min_size=1, max_size=3))
+def test_a_sync_handled_at_once_is_the_same_as_one_by_one(
+    tmp_path_factory: pytest.TempPathFactory, syncs: list[list[tuple[str, str]]]
+) -> None:
+    async def run() -> None:
+        folder = tmp_path_factory.mktemp("group")
+        one, many = await Store.open(folder / "one.db"), await Store.open(folder / "many.db")
+        try:
+            ticks_one, ticks_many = itertools.count(), itertools.count()
+            by_one = dispatcher_on(one, "UTC", lambda: NOW + timedelta(seconds=next(ticks_one)))
+            at_once = dispatcher_on(many, "UTC", lambda: NOW + timedelta(seconds=next(ticks_many)))
+            sent: list[Incoming] = []
+            for n, sync in enumerate(syncs):
+                msgs = []
+                for k, (sender, body) in enumerate(sync):
+                    if sender == "replay":  # an event of an earlier sync (or this one) again
+                        if sent or msgs:
+                            msgs.append((sent + msgs)[k % len(sent + msgs)])
+                        continue
+                    msgs.append(Incoming(f"$s{n}-{k}", "!room:example.org", sender, body))
+                expected = [await by_one.handle(m) for m in msgs]
+                got = await at_once.handle_all(msgs)
+                assert [_bodies(i) for i in got] == [_bodies(i) for i in expected], sync
+                sent += msgs
+            assert await many.export() == await one.export()
+            assert [i.content for i in await many.outbox()] == [
+                i.content for i in await one.outbox()
+            ]
+        finally:
+            await one.close()
+            await many.close()
+
+    asyncio.run(run())
+
+
+def _bodies(items: list[OutboxItem] | None) -> list[str] | None:
+    return None if items is None else [(i.txn_id, i.content["body"]) for i in items]
