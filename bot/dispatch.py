@@ -244,6 +244,8 @@ class Dispatcher:
         self, batch: list[tuple[int, _Prepared]], results: list[list[OutboxItem] | None]
     ) -> None:
         committed = await self.store.commit_commands([p.record for _, p in batch])
+        if self.metrics is not None:
+            self.metrics.commands_per_commit.observe(len(batch))
         for (i, p), items in zip(batch, committed, strict=True):
             if items is None:  # handled before: a replay, which must not count as a command
                 self.flood.forget(p.msg.sender, p.sent_ms)

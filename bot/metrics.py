@@ -21,6 +21,12 @@ class Metrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=r,
         )
+        self.commands_per_commit = Histogram(
+            "onboarding_commands_per_commit",
+            "Commands committed together in one database transaction (a sync's burst)",
+            buckets=(1, 2, 5, 10, 20, 50, 100),
+            registry=r,
+        )
         self.sync_failures = Counter(
             "onboarding_sync_failures", "Sync requests that failed (the bot backs off)", registry=r
         )

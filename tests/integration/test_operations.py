@@ -146,6 +146,35 @@ async def test_metrics_after_a_conversation(ops: Ops, make_person: MakePerson) -
         assert name.split("{")[0] in text
 
 
+async def test_a_burst_is_committed_together_and_each_command_answered(
+    ops: Ops, make_person: MakePerson
+) -> None:
+    people = [await make_person(name, server=ops.synapse) for name in ("xena", "yuri", "zoe")]
+    rooms = [await chat(person, ops.bot) for person in people]
+    for person, room in zip(people, rooms, strict=True):
+        assert "step 1 of 52" in await ask(person, room, "!start")
+    _, before = await get(f"{ops.base}/metrics")
+    # Frozen, the bot cannot sync: the three commands reach it in at most two syncs (the
+    # long poll in flight may carry the first one alone).
+    assert ops.bot.proc is not None
+    ops.bot.proc.send_signal(signal.SIGSTOP)
+    try:
+        for person, room in zip(people, rooms, strict=True):
+            await person.say(room, "!done")
+    finally:
+        ops.bot.proc.send_signal(signal.SIGCONT)
+    for person, room in zip(people, rooms, strict=True):
+        assert "step 2 of 52" in (await person.reply(room, timeout=30)).body
+        await person.no_more_replies(room, wait=1.0)
+    _, after = await get(f"{ops.base}/metrics")
+
+    def delta(name: str) -> float:
+        return metric(after, name) - metric(before, name)
+
+    assert delta("onboarding_commands_per_commit_sum") == 3
+    assert delta("onboarding_commands_per_commit_count") < 3, "no two commands committed together"
+
+
 async def test_admin_cli_reads_the_live_database(ops: Ops, make_person: MakePerson) -> None:
     vera = await make_person("vera", server=ops.synapse)
     room = await chat(vera, ops.bot)
