@@ -19,15 +19,27 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from bot.devserver import DevSynapse, bot_config, spawn, stop_process
+from bot.nudges import NudgePolicy
+from bot.timeutil import DEFAULT_WORKING_DAYS, parse_timezone
 
 REPO = Path(__file__).resolve().parents[1]
+# Nudge after 3 working days in Berlin, no quiet hours, mentors told after 3 nudges.
+POLICY = NudgePolicy(
+    idle_after=timedelta(days=3),
+    timezone=parse_timezone("Europe/Berlin"),
+    working_days=DEFAULT_WORKING_DAYS,
+    quiet=None,
+    escalate_after=3,
+    target="dm",
+    team_room=None,
+)
 READY = "first sync done; ready for commands"
 ECHO_READY = "echo bot ready"
 

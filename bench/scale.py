@@ -27,17 +27,14 @@ from typing import Any
 
 import yaml
 
-from bench._common import BotProc, rss_mb, synapse_at
-from bot.commands import all_commands
-from bot.commands.registry import Services
+from bench._common import POLICY, BotProc, rss_mb, synapse_at
+from bot.app import build_dispatcher
 from bot.devserver import DevSynapse
-from bot.dispatch import Dispatcher, Incoming, People
-from bot.nudges import NudgePolicy
+from bot.dispatch import Incoming
 from bot.progress import Action, Change, State
 from bot.roadmap import Roadmap, parse_roadmap
 from bot.scheduler import Jobs
 from bot.store import Store
-from bot.timeutil import DEFAULT_WORKING_DAYS, parse_timezone
 
 NOW = datetime(2026, 11, 25, 11, 0, tzinfo=UTC)  # a Wednesday
 MENTOR = "@mentor:example.org"
@@ -103,18 +100,6 @@ def _send() -> Any:
     return Send("reply", {"msgtype": "m.notice", "body": "ok"}, room_id="!r:example.org")
 
 
-def policy() -> NudgePolicy:
-    return NudgePolicy(
-        idle_after=timedelta(days=3),
-        timezone=parse_timezone("Europe/Berlin"),
-        working_days=DEFAULT_WORKING_DAYS,
-        quiet=None,
-        escalate_after=3,
-        target="dm",
-        team_room=None,
-    )
-
-
 def timed(repeats: int, func: Any) -> float:
     """Median wall time of `repeats` runs, in milliseconds."""
     samples = []
@@ -143,26 +128,18 @@ async def measure(
         jobs = Jobs(
             store=store,
             roadmap=lambda: roadmap,
-            policy=policy(),
+            policy=POLICY,
             mentors=lambda: frozenset({MENTOR}),
             prefix="!",
             on_queued=_nothing,
             clock=lambda: NOW,
         )
-        services = Services(
-            store=store,
-            policy=policy(),
-            mentors=frozenset({MENTOR}),
+        dispatcher = build_dispatcher(
+            store,
+            roadmap,
+            policy=POLICY,
             server_name="example.org",
-            load_roadmap=lambda: roadmap,
-        )
-        dispatcher = Dispatcher(
-            roadmap=roadmap,
-            commands=all_commands(),
-            store=store,
-            people=People(frozenset({MENTOR})),
-            services=services,
-            prefix="!",
+            mentors={MENTOR},
             mentor_commands_in_rooms=True,
             clock=lambda: NOW,
         )

@@ -30,31 +30,14 @@ from typing import Any
 
 import aiosqlite
 
-from bench._common import REPO, Summary
-from bot.commands import all_commands
-from bot.commands.registry import Services
-from bot.dispatch import Dispatcher, FloodGate, Incoming, People
-from bot.nudges import NudgePolicy
+from bench._common import POLICY, REPO, Summary
+from bot.app import build_dispatcher
+from bot.dispatch import Dispatcher, FloodGate, Incoming
 from bot.roadmap import Roadmap, load_roadmap
 from bot.store import Store
-from bot.timeutil import DEFAULT_WORKING_DAYS, parse_timezone
 
 TARGET = 2000.0
 ROOM = "!bench:example.org"
-
-
-def policy() -> NudgePolicy:
-    from datetime import timedelta
-
-    return NudgePolicy(
-        idle_after=timedelta(days=3),
-        timezone=parse_timezone("UTC"),
-        working_days=DEFAULT_WORKING_DAYS,
-        quiet=None,
-        escalate_after=3,
-        target="dm",
-        team_room=None,
-    )
 
 
 @dataclass
@@ -94,21 +77,8 @@ async def instrument(store: Store, counters: Counters) -> None:
 
 
 def dispatcher_for(store: Store, roadmap: Roadmap) -> Dispatcher:
-    services = Services(
-        store=store,
-        policy=policy(),
-        mentors=frozenset(),
-        server_name="example.org",
-        load_roadmap=lambda: roadmap,
-    )
-    return Dispatcher(
-        roadmap=roadmap,
-        commands=all_commands(),
-        store=store,
-        people=People(frozenset()),
-        services=services,
-        prefix="!",
-        flood=FloodGate(limit=10**9),
+    return build_dispatcher(
+        store, roadmap, policy=POLICY, server_name="example.org", flood=FloodGate(limit=10**9)
     )
 
 

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 from bot.commands import all_commands
@@ -32,6 +33,46 @@ log = logging.getLogger(__name__)
 
 FLUSH_ON_STOP_SECONDS = 5.0  # of the 10 s a container runtime gives before SIGKILL
 GAUGE_REFRESH_SECONDS = 30.0
+
+
+def build_dispatcher(
+    store: Store,
+    roadmap: Roadmap,
+    *,
+    policy: NudgePolicy,
+    server_name: str,
+    mentors: Iterable[str] = (),
+    admins: Iterable[str] = (),
+    power_level: Callable[[str], int] = lambda _user: 0,
+    load_roadmap: Callable[[], Roadmap] | None = None,
+    prefix: str = "!",
+    mentor_commands_in_rooms: bool = False,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    metrics: Metrics | None = None,
+    flood: FloodGate | None = None,
+) -> Dispatcher:
+    """The dispatcher with every command and the services they use, as the bot runs it (the
+    tests and benchmarks build theirs here too). `load_roadmap` is what !reload reads."""
+    mentor_set = frozenset(mentors)
+    services = Services(
+        store=store,
+        policy=policy,
+        mentors=mentor_set,
+        server_name=server_name,
+        load_roadmap=load_roadmap or (lambda: roadmap),
+    )
+    return Dispatcher(
+        roadmap=roadmap,
+        commands=all_commands(),
+        store=store,
+        people=People(mentor_set, frozenset(admins), power_level),
+        services=services,
+        prefix=prefix,
+        mentor_commands_in_rooms=mentor_commands_in_rooms,
+        clock=clock,
+        metrics=metrics,
+        flood=flood,
+    )
 
 
 def nudge_policy(config: Config, team_room_id: str | None) -> NudgePolicy:
@@ -77,25 +118,20 @@ class Gauges:
 async def run_bot(config: Config, roadmap: Roadmap, stop: asyncio.Event) -> None:
     store = await Store.open(config.database_path)
     metrics = Metrics()
-    mentors = frozenset(config.people.mentors)
     matrix: MatrixBot | None = None
 
     def power_level(user_id: str) -> int:
         return matrix.power_level(user_id) if matrix else 0
 
-    services = Services(
-        store=store,
+    dispatcher = build_dispatcher(
+        store,
+        roadmap,
         policy=nudge_policy(config, None),
-        mentors=mentors,
         server_name=config.matrix.server_name,
+        mentors=config.people.mentors,
+        admins=config.people.admins,
+        power_level=power_level,
         load_roadmap=lambda: load_roadmap(config.roadmap),
-    )
-    dispatcher = Dispatcher(
-        roadmap=roadmap,
-        commands=all_commands(),
-        store=store,
-        people=People(mentors, frozenset(config.people.admins), power_level),
-        services=services,
         prefix=config.bot.command_prefix,
         mentor_commands_in_rooms=config.bot.mentor_commands_in_rooms,
         metrics=metrics,
@@ -104,6 +140,7 @@ async def run_bot(config: Config, roadmap: Roadmap, stop: asyncio.Event) -> None
             int(parse_duration(config.bot.flood_window).total_seconds() * 1000),
         ),
     )
+    services = dispatcher.services
     matrix = MatrixBot(config, store, dispatcher, metrics)
     health: HealthServer | None = None
     scheduler: Scheduler | None = None

@@ -15,10 +15,9 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from bot.app import nudge_policy
-from bot.commands import all_commands
+from bot.app import build_dispatcher, nudge_policy
 from bot.config import Config
-from bot.dispatch import Dispatcher, Incoming, People, Services
+from bot.dispatch import Dispatcher, Incoming
 from bot.roadmap import Roadmap, load_roadmap, parse_roadmap
 from bot.store import OutboxItem, Store
 
@@ -119,21 +118,13 @@ def make_dispatcher(store: Store, roadmap: Roadmap, prefix: str = "!") -> Dispat
             }
         }
     )
-    mentors = frozenset({MENTOR})
-    services = Services(
-        store=store,
-        policy=nudge_policy(config, None),
-        mentors=mentors,
-        server_name="example.org",
-        load_roadmap=lambda: roadmap,
-    )
     ticks = itertools.count()
-    return Dispatcher(
-        roadmap=roadmap,
-        commands=all_commands(),
-        store=store,
-        people=People(mentors=mentors),
-        services=services,
+    return build_dispatcher(
+        store,
+        roadmap,
+        policy=nudge_policy(config, None),
+        server_name="example.org",
+        mentors={MENTOR},
         prefix=prefix,
         clock=lambda: START + timedelta(minutes=next(ticks)),
     )

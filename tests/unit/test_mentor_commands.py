@@ -17,8 +17,8 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from bot.commands import all_commands
-from bot.dispatch import Dispatcher, Incoming, People, Services
+from bot.app import build_dispatcher
+from bot.dispatch import Incoming
 from bot.ops import PAUSED_FOREVER
 from bot.progress import NewcomerInfo, State
 from bot.roadmap import Roadmap, load_roadmap
@@ -42,20 +42,14 @@ class Bot:
         self.now = MONDAY
         self.roadmap_file = roadmap_file
         self._ids = itertools.count(1)
-        mentors = frozenset({MENTOR})
-        self.dispatcher = Dispatcher(
-            roadmap=roadmap,
-            commands=all_commands(),
-            store=store,
-            people=People(mentors=mentors, admins=frozenset({ADMIN})),
-            services=Services(
-                store=store,
-                policy=POLICY,
-                mentors=mentors,
-                server_name="example.org",
-                load_roadmap=lambda: load_roadmap(roadmap_file),
-            ),
-            prefix="!",
+        self.dispatcher = build_dispatcher(
+            store,
+            roadmap,
+            policy=POLICY,
+            server_name="example.org",
+            mentors={MENTOR},
+            admins={ADMIN},
+            load_roadmap=lambda: load_roadmap(roadmap_file),
             clock=lambda: self.now,
         )
 

@@ -13,13 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bot.app import build_dispatcher
 from bot.commands import all_commands
-from bot.commands.registry import Services, parse
-from bot.dispatch import Dispatcher, FloodGate, Incoming, People
-from bot.nudges import NudgePolicy
+from bot.commands.registry import parse
+from bot.dispatch import Dispatcher, FloodGate, Incoming
 from bot.roadmap import find_step, load_roadmap
 from bot.store import OutboxItem, Store
-from bot.timeutil import DEFAULT_WORKING_DAYS, parse_timezone
+from tests.unit.common import POLICY
 
 ROADMAP = load_roadmap(Path(__file__).resolve().parents[2] / "roadmap.yaml")
 MENTOR = "@mentor:example.org"
@@ -47,30 +47,14 @@ html = st.one_of(
 senders = st.sampled_from(["@nina:example.org", "@omar:example.org", MENTOR, ADMIN])
 
 
-def dispatcher_on(store: Store, timezone: str, clock: Callable[[], datetime]) -> Dispatcher:
-    policy = NudgePolicy(
-        idle_after=timedelta(days=3),
-        timezone=parse_timezone(timezone),
-        working_days=DEFAULT_WORKING_DAYS,
-        quiet=None,
-        escalate_after=3,
-        target="dm",
-        team_room=None,
-    )
-    services = Services(
-        store=store,
-        policy=policy,
-        mentors=frozenset({MENTOR}),
+def dispatcher_on(store: Store, clock: Callable[[], datetime]) -> Dispatcher:
+    return build_dispatcher(
+        store,
+        ROADMAP,
+        policy=POLICY,
         server_name="example.org",
-        load_roadmap=lambda: ROADMAP,
-    )
-    return Dispatcher(
-        roadmap=ROADMAP,
-        commands=all_commands(),
-        store=store,
-        people=People(frozenset({MENTOR}), frozenset({ADMIN})),
-        services=services,
-        prefix="!",
+        mentors={MENTOR},
+        admins={ADMIN},
         clock=clock,
         flood=FloodGate(limit=10**9),
     )
@@ -82,7 +66,7 @@ def world(
 ) -> Iterator[tuple[asyncio.AbstractEventLoop, Dispatcher]]:
     loop = asyncio.new_event_loop()
     store = loop.run_until_complete(Store.open(tmp_path_factory.mktemp("prop") / "bot.db"))
-    dispatcher = dispatcher_on(store, "Europe/Berlin", lambda: NOW)
+    dispatcher = dispatcher_on(store, lambda: NOW)
     yield loop, dispatcher
     loop.run_until_complete(store.close())
     loop.close()
@@ -194,7 +178,7 @@ def test_cached_progress_is_what_the_database_holds(
         store = await Store.open(path)
         fresh = await Store.open(path)  # a second connection, nothing cached
         try:
-            dispatcher = dispatcher_on(store, "UTC", lambda: NOW + timedelta(seconds=next(_ids)))
+            dispatcher = dispatcher_on(store, lambda: NOW + timedelta(seconds=next(_ids)))
             users = ["@nina:example.org", "@omar:example.org"]
             for sender, body in steps:
                 items = await dispatcher.handle(
@@ -238,8 +222,8 @@ def test_a_sync_handled_at_once_is_the_same_as_one_by_one(
         one, many = await Store.open(folder / "one.db"), await Store.open(folder / "many.db")
         try:
             ticks_one, ticks_many = itertools.count(), itertools.count()
-            by_one = dispatcher_on(one, "UTC", lambda: NOW + timedelta(seconds=next(ticks_one)))
-            at_once = dispatcher_on(many, "UTC", lambda: NOW + timedelta(seconds=next(ticks_many)))
+            by_one = dispatcher_on(one, lambda: NOW + timedelta(seconds=next(ticks_one)))
+            at_once = dispatcher_on(many, lambda: NOW + timedelta(seconds=next(ticks_many)))
             sent: list[Incoming] = []
             for n, sync in enumerate(syncs):
                 msgs = []
