@@ -7,6 +7,7 @@ what the store queued. Everything a command changes and its messages are committ
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -31,6 +32,13 @@ from bot.ops import Send
 from bot.render import Code, Reply, text
 from bot.roadmap import Roadmap
 from bot.store import CommandRecord, OutboxItem, Store
+
+log = logging.getLogger(__name__)
+
+OOPS = text(
+    "Sorry, something went wrong on my side with that command; it has been logged. "
+    "Please try again later, or tell a mentor if it keeps happening."
+)
 
 
 @dataclass(frozen=True)
@@ -213,7 +221,15 @@ class Dispatcher:
             )
             outcome, finished = Outcome(slow, outcome="flood"), None
         else:
-            outcome, finished = await self._run(msg, cmd, name, args, now)
+            try:
+                outcome, finished = await self._run(msg, cmd, name, args, now)
+            except Exception:
+                # A bug, not bad input. Answered and committed like any command, so neither a
+                # restart nor the rest of its sync's group runs into it again.
+                log.exception(
+                    "command %r failed", name, extra={"room": msg.room_id, "sender": msg.sender}
+                )
+                outcome, finished = Outcome(OOPS, outcome="error"), None
         reply = reply_content(outcome.reply, msg.event_id)
         txn = reply_txn_id(msg.event_id)
         first: list[tuple[str, Send]] = [(txn, Send("reply", reply, room_id=msg.room_id))]

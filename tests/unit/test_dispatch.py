@@ -5,10 +5,15 @@ These read like the conversation they check; `chat.say` returns the reply's plai
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
-from bot.dispatch import reply_txn_id
+import pytest
+
+from bot.commands import all_commands
+from bot.commands.registry import CommandSet, Ctx, Outcome
+from bot.dispatch import Incoming, reply_txn_id
 from bot.progress import State
 from bot.roadmap import Roadmap
 from bot.store import Store
@@ -279,3 +284,31 @@ async def test_finishing_all_52_steps_congratulates(
     mentors = chat.dispatcher.services.mentors
     assert mentors
     assert {item.to_user for item in await store.outbox() if item.to_user} == set(mentors)
+
+
+async def test_a_command_that_fails_is_answered_logged_and_not_run_again(
+    chat: Chat, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = CommandSet()
+
+    @broken.command("boom", "always fails (a bug in a command)")
+    def boom(ctx: Ctx) -> Outcome:
+        raise RuntimeError("a bug")
+
+    chat.dispatcher.commands = all_commands().extend(broken)
+    await chat.say("!start")
+    with caplog.at_level(logging.ERROR, logger="bot.dispatch"):
+        reply = await chat.say("!boom")
+    assert "Sorry, something went wrong on my side" in reply
+    assert "command 'boom' failed" in caplog.text and "RuntimeError: a bug" in caplog.text
+    # Handled like any other command: a re-delivered event is not run (and failed) again.
+    assert await chat.send("!boom", chat.last_event_id) is None
+    # And in a sync's group the other commands are committed and answered all the same.
+    msgs = [
+        Incoming("$g1", "!room:example.org", "@ivy:example.org", "!start"),
+        Incoming("$g2", "!room:example.org", "@jo:example.org", "!boom"),
+        Incoming("$g3", "!room:example.org", "@kim:example.org", "!next"),
+    ]
+    answered = await chat.dispatcher.handle_all(msgs)
+    assert [bool(items) for items in answered] == [True, True, True]
+    assert (await store.load_progress("@kim:example.org")).enrolled
