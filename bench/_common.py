@@ -8,7 +8,6 @@ Built on bot.devserver only (not tests.harness), so the benchmarks do not move w
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import os
@@ -25,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from bot.devserver import DevSynapse, bot_config, spawn, stop_process
+from bot.devserver import DevSynapse, bot_config, spawn, stop_process, wait_for_log
 from bot.nudges import NudgePolicy
 from bot.timeutil import DEFAULT_WORKING_DAYS, parse_timezone
 
@@ -100,29 +99,6 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return values.get("VmRSS", float("nan")), values.get("VmHWM", float("nan"))
 
 
-async def wait_for_line(
-    log_path: Path, text: str, proc: subprocess.Popen[bytes], offset: int, timeout: float
-) -> float:
-    """Polls the log (every 5 ms) until `text` appears after `offset`; returns perf_counter."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(FileNotFoundError), log_path.open("rb") as f:
-            f.seek(offset)
-            if text.encode() in f.read():
-                return time.perf_counter()
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"{log_path.name}: process exited with {proc.returncode} before {text!r}:\n"
-                + log_path.read_text(errors="replace")[-3000:]
-            )
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"{log_path.name}: no {text!r} within {timeout:.0f}s:\n"
-                + log_path.read_text(errors="replace")[-3000:]
-            )
-        await asyncio.sleep(0.005)
-
-
 class BotProc:
     """The real bot as its own process (`python -m bot run --config ...`), as ops run it."""
 
@@ -171,7 +147,15 @@ class BotProc:
             log_path=self.log_path,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )
-        ready = await wait_for_line(self.log_path, READY, self.proc, offset, timeout)
+        ready = await wait_for_log(
+            self.log_path,
+            READY,
+            self.proc,
+            offset=offset,
+            timeout=timeout,
+            poll=0.005,
+            what="the bot",
+        )
         return ready - began
 
     @property

@@ -37,8 +37,8 @@ from nio import (
     SyncResponse,
 )
 
-from bench._common import ECHO_READY, REPO, BotProc, Summary, synapse_at, wait_for_line
-from bot.devserver import DevSynapse, spawn, stop_process
+from bench._common import ECHO_READY, REPO, BotProc, Summary, synapse_at
+from bot.devserver import DevSynapse, spawn, stop_process, wait_for_log
 from bot.e2e import maintain_keys
 
 TARGET_RATIO = 1.10
@@ -245,7 +245,7 @@ async def run(args: argparse.Namespace, synapse: DevSynapse | None = None) -> di
                 log_path=echo_log,
             )
             stack.push_async_callback(stop_process, echo)
-            await wait_for_line(echo_log, ECHO_READY, echo, 0, 60)
+            await wait_for_log(echo_log, ECHO_READY, echo, timeout=60, poll=0.005, what="echo bot")
 
             user = await User.login(synapse.url, user_id, "user-password", work / "user-store")
             stack.push_async_callback(user.close)

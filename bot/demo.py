@@ -22,7 +22,15 @@ import yaml
 
 import bot
 from bot.chat import ChatError, quiet_library_logs, run_chat, state_dir_for
-from bot.devserver import DevSynapse, SynapseError, bot_config, spawn, stop_process
+from bot.devserver import (
+    DevSynapse,
+    NotReady,
+    SynapseError,
+    bot_config,
+    spawn,
+    stop_process,
+    wait_for_log,
+)
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 READY = "first sync done; ready for commands"
@@ -139,30 +147,18 @@ class Demo:
             env=env,
         )
         self._write_pids()
-        deadline = time.monotonic() + BOT_READY_TIMEOUT_S
-        while READY not in self._log_since(offset):
-            if self.bot_proc.poll() is not None:
-                raise DemoError(
-                    f"the bot exited with status {self.bot_proc.returncode} while starting; "
-                    f"last lines of {self.log_path}:\n{self._log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise DemoError(
-                    f"the bot was not ready after {BOT_READY_TIMEOUT_S:.0f}s; "
-                    f"last lines of {self.log_path}:\n{self._log_tail()}"
-                )
-            await asyncio.sleep(0.1)
-
-    def _log_since(self, offset: int) -> str:
         try:
-            with self.log_path.open("rb") as f:
-                f.seek(offset)
-                return f.read().decode("utf-8", errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def _log_tail(self, lines: int = 20) -> str:
-        return "\n".join(self._log_since(0).splitlines()[-lines:])
+            await wait_for_log(
+                self.log_path,
+                READY,
+                self.bot_proc,
+                offset=offset,
+                timeout=BOT_READY_TIMEOUT_S,
+                poll=0.1,
+                what="the bot",
+            )
+        except NotReady as exc:
+            raise DemoError(str(exc)) from None
 
     async def stop(self) -> None:
         """Bot first (it may still be sending), then Synapse; each SIGTERM, then SIGKILL."""

@@ -33,9 +33,11 @@ __all__ = [
     "DevSynapse",
     "MakeSynapse",
     "Synapse",
+    "NotReady",
     "SynapseError",
     "spawn",
     "stop_process",
+    "wait_for_log",
 ]
 
 _READY_TIMEOUT_S = 60.0
@@ -162,6 +164,42 @@ async def stop_process(proc: subprocess.Popen[bytes], grace: float = _STOP_TIMEO
             os.killpg(proc.pid, signal.SIGKILL)
     finally:
         _LIVE_PROCESSES.pop(proc.pid, None)
+
+
+class NotReady(RuntimeError):
+    """A child process exited, or ran out of time, before logging what it was awaited for."""
+
+
+async def wait_for_log(
+    log_path: Path,
+    text: str,
+    proc: subprocess.Popen[bytes],
+    *,
+    timeout: float,  # noqa: ASYNC109 - the deadline is named in the error
+    offset: int = 0,
+    poll: float = 0.05,
+    what: str = "the process",
+) -> float:
+    """Polls `log_path` past byte `offset` until `text` appears; returns time.perf_counter()
+    then. Raises NotReady, with the log's last lines, if `proc` exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    needle = text.encode()
+    while True:
+        with contextlib.suppress(FileNotFoundError), log_path.open("rb") as f:
+            f.seek(offset)
+            if needle in f.read():
+                return time.perf_counter()
+        if proc.poll() is not None:
+            raise NotReady(
+                f"{what} exited with {proc.returncode} before logging {text!r}; "
+                f"last lines of {log_path}:\n{_tail(log_path)}"
+            )
+        if time.monotonic() > deadline:
+            raise NotReady(
+                f"{what} did not log {text!r} within {timeout:.0f}s; "
+                f"last lines of {log_path}:\n{_tail(log_path)}"
+            )
+        await asyncio.sleep(poll)
 
 
 def _port_is_free(port: int) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from bot.devserver import bot_config
+from bot.devserver import bot_config, wait_for_log
 
 REPO = Path(__file__).resolve().parents[2]
 READY = "first sync done; ready for commands"
@@ -80,18 +80,10 @@ class BotProcess:
         await self.wait_for_log(READY, timeout)
 
     async def wait_for_log(self, text: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log_text()[self._log_offset :]:
-                return
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(
-                    f"bot exited with {self.proc.returncode} before logging {text!r}:\n"
-                    + self.log_text()[-4000:]
-                )
-            await asyncio.sleep(0.05)
-        raise AssertionError(
-            f"bot did not log {text!r} within {timeout}s:\n{self.log_text()[-4000:]}"
+        """Until the log says `text` (since the last start); NotReady if the bot exits first."""
+        assert self.proc is not None, "bot never started"
+        await wait_for_log(
+            self.log_path, text, self.proc, offset=self._log_offset, timeout=timeout, what="bot"
         )
 
     async def stop(self, timeout: float = 15.0) -> int:

@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 
 from bot import progress as rules
+from bot.devserver import NotReady
 from bot.progress import Change, Progress, State, Undoable, UndoRefused
 from bot.roadmap import Roadmap, load_roadmap
 from tests.harness import MakePerson, MakeSynapse, Person, ReceivedMessage, Synapse
@@ -228,7 +229,7 @@ async def start_or_die(bot: BotProcess, kill_after: float | None) -> bool:
             bot.kill()
             try:
                 await task
-            except AssertionError as exc:
+            except NotReady as exc:
                 assert "before logging" in str(exc), exc  # it died by our hand, nothing else
                 return False
     await task
