@@ -16,6 +16,7 @@ from nio import AsyncClient, AsyncClientConfig, LoginResponse, LogoutResponse, W
 
 from bot.app import nudge_policy
 from bot.config import Config
+from bot.identity import Identity, bot_client
 from bot.reports import render_status, render_team
 from bot.roadmap import Roadmap
 from bot.store import Store
@@ -125,5 +126,17 @@ async def online_check(config: Config) -> list[str]:
         if not isinstance(logout, LogoutResponse):
             return [f"logged in, but could not log the temporary device out: {logout}"]
         return []
+    finally:
+        await client.close()
+
+
+async def reset_identity(config: Config) -> Path | None:
+    """A new cross-signing identity for the bot's account (stop the bot first: this uses its
+    device). Returns where a generated recovery key was written."""
+    client = bot_client(config)
+    try:
+        identity = Identity(client, config.matrix, config.storage.data_dir)
+        await identity.login()
+        return await identity.reset()
     finally:
         await client.close()

@@ -41,6 +41,7 @@ from nio import (
 
 from bot.config import MXID, ConfigError, load_config
 from bot.e2e import maintain_keys
+from bot.identity import write_private
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 DEVICE_NAME = "onboarding-bot chat"
@@ -71,12 +72,6 @@ def quiet_library_logs() -> None:
     """nio and its crypto store log retries and undecryptable events; the chat says it itself."""
     for noisy in ("nio", "peewee", "aiosqlite"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -271,7 +266,7 @@ class ChatClient:
             if self.client.olm is None:
                 self.client.load_store()
             session = ChatSession(self.homeserver, resp.user_id, resp.device_id, resp.access_token)
-            _write_private(self.session_path, json.dumps(session.__dict__, indent=2))
+            write_private(self.session_path, json.dumps(session.__dict__, indent=2))
         if self.client.should_upload_keys:
             await self._call(self.client.keys_upload())
 
@@ -316,9 +311,7 @@ class ChatClient:
         if self.room_id is None:
             self.room_id = await self._accept_invite_from_bot() or await self._create_room()
             self.new_room = True
-            _write_private(
-                self.room_path, json.dumps({"bot": self.bot_id, "room_id": self.room_id})
-            )
+            write_private(self.room_path, json.dumps({"bot": self.bot_id, "room_id": self.room_id}))
         # What the bot said while this client was away is new to the person; older history
         # (a first login) is not.
         if resumed:

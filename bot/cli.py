@@ -13,8 +13,8 @@ from pathlib import Path
 from bot import admin
 from bot.app import run_bot
 from bot.config import Config, ConfigError, load_config
+from bot.identity import FatalMatrixError
 from bot.logs import setup_logging
-from bot.matrix import FatalMatrixError
 from bot.roadmap import Roadmap, RoadmapError, load_roadmap
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -106,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ConfigError, RoadmapError) as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(config.logging, [config.matrix.password or "", config.matrix.access_token or ""])
+    setup_logging(config.logging, _secrets(config))
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -120,6 +120,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     except FatalMatrixError as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _secrets(config: Config) -> list[str]:
+    """What the log must never show."""
+    m = config.matrix
+    return [m.password or "", m.access_token or "", m.recovery_key or ""]
+
+
+def cmd_reset_identity(args: argparse.Namespace) -> int:
+    loaded = _loaded(args)
+    if isinstance(loaded, int):
+        return loaded
+    config = loaded[0]
+    if not args.yes:
+        print(
+            f"This replaces the cross-signing identity of {config.matrix.user_id}: the old "
+            "recovery key stops working, and newcomers' clients will say the bot's identity "
+            "changed."
+        )
+        if input("Type 'reset' to go on: ").strip() != "reset":
+            print("Nothing changed.")
+            return EXIT_FAILURE
+    os.umask(0o077)
+    setup_logging(config.logging, _secrets(config))
+    try:
+        where = asyncio.run(admin.reset_identity(config))
+    except FatalMatrixError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{config.matrix.user_id} has a new cross-signing identity.")
+    if where is not None:
+        print(f"Its new recovery key is in {where}: move it to your secret store now.")
+    else:
+        print("Its Secret Storage is under the configured recovery key.")
     return EXIT_OK
 
 
@@ -172,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("user", nargs="?", help="@user:server; without it, the whole team")
     backup = command("backup", cmd_backup, "copy the database safely, even while the bot runs")
     backup.add_argument("--to", type=Path, required=True, help="the backup file to write")
+    reset = command(
+        "reset-identity",
+        cmd_reset_identity,
+        "replace the bot's cross-signing identity (when its recovery key is lost)",
+    )
+    reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     command("healthcheck", cmd_healthcheck, "exit 0 if the running bot's /healthz says healthy")
     chat = command("chat", cmd_chat, "chat with the bot from this terminal as a Matrix user")
     chat.add_argument(

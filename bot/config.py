@@ -19,10 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bot import timeutil
 from bot.roadmap import yaml_problem
+from bot.secret_storage import decode_recovery_key
 
 MXID = re.compile(r"^@[^:\s]+:[A-Za-z0-9.\-]+(:\d+)?$")
 ENV_PASSWORD = "ONBOARDING_BOT_PASSWORD"
 ENV_ACCESS_TOKEN = "ONBOARDING_BOT_ACCESS_TOKEN"
+ENV_RECOVERY_KEY = "ONBOARDING_BOT_RECOVERY_KEY"
 ENV_PREFIX = "ONBOARDING_BOT_"  # ONBOARDING_BOT_MATRIX__HOMESERVER overrides matrix.homeserver
 
 
@@ -50,6 +52,13 @@ class MatrixConfig(_Section):
     access_token_file: Path | None = None
     device_name: str = "onboarding-bot"
     encryption: bool = True
+    # Opens the account's Secret Storage, where the cross-signing keys are kept (Element's
+    # "recovery key"). None: generated on first start into data_dir/recovery-key.txt.
+    recovery_key: str | None = None
+    recovery_key_file: Path | None = None
+    # As Element does since 2026: room keys only for devices their owner cross-signed, and
+    # no commands from the others, in encrypted rooms.
+    exclude_insecure_devices: bool = True
 
     @field_validator("homeserver")
     @classmethod
@@ -62,6 +71,13 @@ class MatrixConfig(_Section):
     @classmethod
     def _user(cls, value: str) -> str:
         return _check_mxid(value)
+
+    @field_validator("recovery_key")
+    @classmethod
+    def _recovery_key(cls, value: str | None) -> str | None:
+        if value is not None:
+            decode_recovery_key(value)
+        return value
 
     @property
     def server_name(self) -> str:
@@ -333,9 +349,14 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> list
 
 
 def _read_secrets(matrix: dict[str, Any], base: Path, environ: Mapping[str, str]) -> list[str]:
-    """Fills password/access_token from the environment, else from *_file; returns problems."""
+    """Fills password, access_token and recovery_key from the environment, else from their
+    *_file; returns problems."""
     problems = []
-    for key, env in (("password", ENV_PASSWORD), ("access_token", ENV_ACCESS_TOKEN)):
+    for key, env in (
+        ("password", ENV_PASSWORD),
+        ("access_token", ENV_ACCESS_TOKEN),
+        ("recovery_key", ENV_RECOVERY_KEY),
+    ):
         file_key = f"{key}_file"
         if environ.get(env):
             matrix[key] = environ[env]

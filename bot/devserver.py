@@ -27,6 +27,8 @@ from typing import Any
 import aiohttp
 import yaml
 
+from bot.cross_signing import CrossSigningKeys
+
 __all__ = [
     "GENEROUS_RATE_LIMITS",
     "bot_config",
@@ -264,6 +266,7 @@ class DevSynapse:
         self.last_start_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._passwords: dict[str, str] = {}
+        self._cross_signing: dict[str, CrossSigningKeys] = {}
 
     def _earlier_config(self) -> dict[str, Any]:
         try:
@@ -471,6 +474,11 @@ class DevSynapse:
                 if exist_ok and resp.status == 400 and "M_USER_IN_USE" in text:
                     return self.mxid(localpart)
                 raise SynapseError(f"registering {localpart!r}: HTTP {resp.status} {text}")
+
+    def cross_signing_keys(self, user_id: str) -> CrossSigningKeys:
+        """The account's cross-signing keys, made on first use, so that every device logged in
+        for it here is signed by one identity (as a person's Element sessions are)."""
+        return self._cross_signing.setdefault(user_id, CrossSigningKeys.generate())
 
     def password_of(self, user_id: str) -> str | None:
         """The password a user was registered with through this object, if any."""

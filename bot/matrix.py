@@ -1,8 +1,7 @@
-"""The Matrix edge: login with a saved session, the sync loop, invites, and sending the outbox.
-
-It turns room events into `Incoming` messages for the dispatcher and delivers what the store
-queued. The saved sync token and the handled-event ids in the store make a restart neither
-replay nor miss a command.
+"""The Matrix edge: the sync loop, invites, and turning room events into `Incoming` messages
+for the dispatcher. Logging in and the bot's identity are `identity.py`'s; delivering what the
+store queued is `outbox.py`'s. The saved sync token and the handled-event ids in the store make
+a restart neither replay nor miss a command.
 """
 
 from __future__ import annotations
@@ -10,44 +9,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
-import os
-import random
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from aiohttp import ClientError
 from nio import (
-    AsyncClient,
-    AsyncClientConfig,
     InviteMemberEvent,
     LocalProtocolError,
-    LoginResponse,
     MatrixRoom,
     MegolmEvent,
-    RoomCreateResponse,
     RoomMessageText,
-    RoomPreset,
     RoomResolveAliasResponse,
-    RoomSendResponse,
-    SendRetryError,
     SyncError,
     SyncResponse,
-    WhoamiResponse,
 )
 
 from bot.config import Config
 from bot.dispatch import Dispatcher, Incoming, reply_content
-from bot.e2e import maintain_keys
+from bot.e2e import DeviceTrust, maintain_keys
+from bot.identity import FatalMatrixError, Identity, bot_client
 from bot.metrics import Metrics
 from bot.ops import Send
+from bot.outbox import TRANSPORT_ERRORS, Backoff, Outbox
 from bot.render import Code, Message
-from bot.store import OutboxItem, Store
+from bot.store import Store
 from bot.timeutil import parse_duration
+
+__all__ = ["FatalMatrixError", "MatrixBot"]
 
 log = logging.getLogger(__name__)
 
@@ -59,44 +48,7 @@ SYNC_FILTER: dict[str, Any] = {
     "room": {"timeline": {"limit": 200}, "state": {"lazy_load_members": False}},
     "presence": {"not_types": ["*"]},
 }
-MAX_SEND_ATTEMPTS = 8  # flushes a message may fail in before it is given up on
-SEND_TRIES = 3  # tries within one flush
-PERMANENT_ERRORS = {"M_FORBIDDEN", "M_NOT_FOUND", "M_TOO_LARGE", "M_BAD_JSON"}
 HEALTHY_SYNC_AGE = 90.0  # seconds; a long-poll sync returns at least every 30 s
-TRANSPORT_ERRORS = (ClientError, asyncio.TimeoutError, OSError, SendRetryError, LocalProtocolError)
-
-
-class FatalMatrixError(RuntimeError):
-    """The bot cannot go on (bad credentials, revoked token); the message says what to do."""
-
-
-@dataclass(frozen=True)
-class Session:
-    homeserver: str
-    user_id: str
-    device_id: str
-    access_token: str
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(path, 0o600)
-
-
-class Backoff:
-    """Exponential backoff with full jitter, capped."""
-
-    def __init__(self, base: float = 1.0, cap: float = 60.0) -> None:
-        self.base, self.cap, self.failures = base, cap, 0
-
-    def next_delay(self) -> float:
-        self.failures += 1
-        return random.uniform(0, min(self.cap, self.base * 2 ** (self.failures - 1)))
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 class MatrixBot:
@@ -107,29 +59,25 @@ class MatrixBot:
         self.metrics = metrics
         self.store = store
         self.dispatcher = dispatcher
-        data_dir = config.storage.data_dir
-        self.session_path = data_dir / "session.json"
-        self.crypto_dir = data_dir / "crypto"
-        self.client = AsyncClient(
-            config.matrix.homeserver,
-            config.matrix.user_id,
-            store_path=str(self.crypto_dir),
-            config=AsyncClientConfig(
-                encryption_enabled=config.matrix.encryption,
-                store_sync_tokens=False,  # the bot's own database keeps the token
-                max_limit_exceeded=None,  # wait out every 429 as the server asks
-                max_timeouts=2,  # then our own backoff takes over
-                request_timeout=45,
-            ),
+        self.client = bot_client(config)
+        self.identity = Identity(self.client, config.matrix, config.storage.data_dir)
+        self.trust = DeviceTrust(
+            self.client, exclude_insecure=config.matrix.exclude_insecure_devices
+        )
+        self._stopping = asyncio.Event()
+        self.outbox = Outbox(
+            self.client,
+            store,
+            metrics,
+            self.trust,
+            encrypt_new_rooms=config.matrix.encryption,
+            stopping=self._stopping,
         )
         self.max_event_age_ms = int(parse_duration(config.bot.max_event_age).total_seconds() * 1000)
         self.last_sync_ok: float | None = None
         self.sync_failing = False
-        self._arrived: dict[str, float] = {}  # reply txn id -> when its command arrived
         self._inbox: list[tuple[Incoming, float]] = []  # this sync's commands, as they arrived
         self._first_start_ms = 0
-        self._stopping = asyncio.Event()
-        self._flush_lock = asyncio.Lock()
         self._direct: dict[str, str] = {}
         self.team_room_id: str | None = None
         self.synced = asyncio.Event()
@@ -137,58 +85,13 @@ class MatrixBot:
         self.client.add_event_callback(self._on_message, RoomMessageText)
         self.client.add_event_callback(self._on_undecryptable, MegolmEvent)
         self._told_undecryptable: set[tuple[str, str]] = set()
-
-    # --- login ----------------------------------------------------------------------------
-
-    def _load_session(self) -> Session | None:
-        try:
-            data = json.loads(self.session_path.read_text(encoding="utf-8"))
-            session = Session(**data)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, TypeError) as exc:
-            log.warning("ignoring unreadable saved session %s: %s", self.session_path, exc)
-            return None
-        if (session.homeserver, session.user_id) != (
-            self.config.matrix.homeserver,
-            self.config.matrix.user_id,
-        ):
-            log.warning("saved session is for another account or homeserver; logging in again")
-            return None
-        return session
-
-    def _save_session(self, session: Session) -> None:
-        _write_private(self.session_path, json.dumps(session.__dict__, indent=2))
+        self._told_insecure: set[tuple[str, str]] = set()
 
     async def login(self) -> None:
-        """Reuses the saved device when there is one: a new device per start breaks E2EE."""
-        data_dir = self.config.storage.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(data_dir, 0o700)
-        self.crypto_dir.mkdir(exist_ok=True, mode=0o700)
-        m = self.config.matrix
-        session = self._load_session()
-        if session is None and m.access_token:
-            self.client.access_token = m.access_token
-            who = await self.client.whoami()
-            if not isinstance(who, WhoamiResponse) or not who.device_id:
-                raise FatalMatrixError(
-                    f"the configured access_token was refused by {m.homeserver}: {who}"
-                )
-            session = Session(m.homeserver, who.user_id, who.device_id, m.access_token)
-            self._save_session(session)
-        elif session is None:
-            resp = await self.client.login(m.password, device_name=m.device_name)
-            if not isinstance(resp, LoginResponse):
-                why = getattr(resp, "message", resp)
-                raise FatalMatrixError(f"login as {m.user_id} on {m.homeserver} failed: {why}")
-            session = Session(m.homeserver, resp.user_id, resp.device_id, resp.access_token)
-            self._save_session(session)
-            log.info("logged in as %s, new device %s", resp.user_id, resp.device_id)
-        self.client.restore_login(session.user_id, session.device_id, session.access_token)
-        log.info("using device %s of %s", session.device_id, session.user_id)
-        if self.client.should_upload_keys:
-            await self.client.keys_upload()
+        """Logs in (reusing the saved device) and makes sure the device is cross-signed."""
+        await self.identity.login()
+        if self.config.matrix.encryption:
+            await self.identity.ensure()
 
     # --- the sync loop --------------------------------------------------------------------
 
@@ -234,7 +137,7 @@ class MatrixBot:
                 if resp.status_code == "M_UNKNOWN_TOKEN":
                     raise FatalMatrixError(
                         f"the homeserver no longer accepts the bot's access token ({resp.message})."
-                        f" Delete {self.session_path} and start again to log in anew."
+                        f" Delete {self.identity.session_path} and start again to log in anew."
                     )
                 await self._pause(backoff, f"sync error: {resp.status_code} {resp.message}")
                 continue
@@ -264,10 +167,14 @@ class MatrixBot:
 
     async def _after_sync(self) -> None:
         try:
-            await maintain_keys(self.client)
-        except TRANSPORT_ERRORS as exc:
+            await maintain_keys(self.client, self.trust)
+        except (*TRANSPORT_ERRORS, FatalMatrixError) as exc:
             log.warning("key maintenance failed, will retry after the next sync: %r", exc)
         await self.flush_outbox()
+
+    async def flush_outbox(self) -> None:
+        """Sends every queued message, oldest first; what fails stays queued for next time."""
+        await self.outbox.flush()
 
     # --- events ---------------------------------------------------------------------------
 
@@ -330,6 +237,8 @@ class MatrixBot:
         ):
             log.debug("ignoring old event %s in %s", event.event_id, room.room_id)
             return
+        if event.decrypted and not await self._from_secure_device(room, event):
+            return
         is_direct = room.member_count == 2
         if is_direct and self._direct.get(sender) != room.room_id:
             await self.store.set_direct_room(sender, room.room_id)
@@ -349,6 +258,55 @@ class MatrixBot:
             )
         )
 
+    async def _from_secure_device(self, room: MatrixRoom, event: RoomMessageText) -> bool:
+        """Excluding insecure devices, a command from a device its owner has not cross-signed
+        is not run (Element would not have shared the room key either). The sender is told
+        once per device, in the clear: that device can read nothing else from the bot."""
+        trust = self.trust
+        if event.verified or not trust.exclude_insecure:
+            return True
+        device = trust.sender_device(event.sender, event.sender_key)
+        if device is None or not trust.judged(device):  # new since the last key query
+            await trust.query({event.sender})
+            device = trust.sender_device(event.sender, event.sender_key)
+        if device is not None and trust.is_secure(device):
+            return True
+        which = device.id if device is not None else str(event.sender_key)
+        log.warning(
+            "not running a command from an insecure device",
+            extra={"room": room.room_id, "sender": event.sender, "device": which},
+        )
+        if (event.sender, which) in self._told_insecure:
+            return False
+        self._told_insecure.add((event.sender, which))
+        note = (
+            Message()
+            .line(
+                f"🔒 I don't take commands from this session ({which}): it isn't verified, "
+                "so I can't be sure it's really you, and I don't share my encryption keys "
+                "with it. Verify it from another of your sessions (or set up cross-signing "
+                "in your client's security settings), then send the command again."
+            )
+            .reply()
+        )
+        txn = "insecure-" + hashlib.sha256(f"{event.sender}/{which}".encode()).hexdigest()[:32]
+        await self.store.commit_job(
+            ops=(),
+            messages=[
+                (
+                    txn,
+                    Send(
+                        "insecure-device",
+                        reply_content(note, event.event_id),
+                        room_id=room.room_id,
+                        encrypted=False,
+                    ),
+                )
+            ],
+            at=datetime.now(UTC),
+        )
+        return False
+
     async def _handle_inbox(self) -> None:
         """The commands of one sync, handled together (the dispatcher commits them in groups)."""
         inbox, self._inbox = self._inbox, []
@@ -357,7 +315,7 @@ class MatrixBot:
         results = await self.dispatcher.handle_all([msg for msg, _ in inbox])
         for (msg, arrived), items in zip(inbox, results, strict=True):
             if items:
-                self._arrived[items[0].txn_id] = arrived
+                self.outbox.arrived[items[0].txn_id] = arrived
                 log.info(
                     "command handled, reply queued",
                     extra={"room": msg.room_id, "sender": msg.sender},
@@ -400,85 +358,6 @@ class MatrixBot:
             at=datetime.now(UTC),
         )
 
-    # --- sending --------------------------------------------------------------------------
-
-    async def flush_outbox(self) -> None:
-        """Sends every queued message, oldest first; what fails stays queued for next time."""
-        async with self._flush_lock:
-            await self._flush()
-
-    async def _flush(self) -> None:
-        held_back: set[str] = set()
-        for item in await self.store.outbox():
-            if item.room_id is None and item.to_user is not None:
-                await self._open_direct_chat(item.id, item.to_user)
-                continue  # the new room arrives with the next sync
-            if item.room_id in held_back:
-                continue  # an earlier message to this room failed: keep them in order
-            if item.room_id not in self.client.rooms:
-                # Just joined or created, the next sync brings it; a room the bot has left
-                # never comes, so this counts as a failed attempt too.
-                await self._failed(item, "the bot is not in that room (yet)")
-                continue
-            if await self._send(item):
-                await self.store.outbox_sent(item.id)
-                if item.attempts:
-                    self.metrics.send_retries.inc()
-                arrived = self._arrived.pop(item.txn_id, None)
-                if arrived is not None:
-                    self.metrics.reply_latency.observe(time.monotonic() - arrived)
-                continue
-            self.metrics.send_failures.inc()
-            held_back.add(item.room_id or "")
-            await self._failed(item, "sending failed")
-
-    async def _failed(self, item: OutboxItem, why: str) -> None:
-        """One more failed attempt; after MAX_SEND_ATTEMPTS the message is given up, loudly."""
-        if item.attempts + 1 < MAX_SEND_ATTEMPTS:
-            await self.store.outbox_failed(item.id)
-            return
-        self.metrics.send_dropped.inc()
-        log.error(
-            "giving up on message %s after %d attempts: %s",
-            item.txn_id,
-            item.attempts + 1,
-            why,
-            extra={"room": item.room_id},
-        )
-        await self.store.outbox_sent(item.id)
-
-    async def _open_direct_chat(self, item_id: int, user_id: str) -> None:
-        """Finds the direct chat with `user_id`, or makes one (encrypted, as Element would)."""
-        room_id = await self.store.direct_room(user_id)
-        if room_id is None or room_id not in self.client.rooms:
-            initial_state = []
-            if self.config.matrix.encryption:
-                initial_state.append(
-                    {
-                        "type": "m.room.encryption",
-                        "state_key": "",
-                        "content": {"algorithm": "m.megolm.v1.aes-sha2"},
-                    }
-                )
-            try:
-                resp = await self.client.room_create(
-                    is_direct=True,
-                    invite=[user_id],
-                    preset=RoomPreset.trusted_private_chat,
-                    initial_state=initial_state,
-                )
-            except TRANSPORT_ERRORS as exc:
-                log.warning("could not open a direct chat with %s: %r", user_id, exc)
-                return
-            if not isinstance(resp, RoomCreateResponse):
-                log.warning("could not open a direct chat with %s: %s", user_id, resp)
-                return
-            room_id = resp.room_id
-            await self.store.set_room_joined(room_id, int(time.time() * 1000))
-            log.info("opened a direct chat", extra={"room": room_id, "sender": user_id})
-        self._direct[user_id] = room_id
-        await self.store.outbox_set_room(item_id, user_id, room_id)
-
     # --- the team room ----------------------------------------------------------------------
 
     async def join_team_room(self) -> None:
@@ -504,40 +383,6 @@ class MatrixBot:
     def power_level(self, user_id: str) -> int:
         room = self.client.rooms.get(self.team_room_id or "")
         return room.power_levels.get_user_level(user_id) if room else 0
-
-    async def _send(self, item: OutboxItem) -> bool:
-        """Sends one message, retrying transient failures with backoff; rate limits (429) are
-        waited out inside nio as the server's retry_after_ms says. The same transaction id on
-        every attempt lets the homeserver drop a duplicate."""
-        backoff = Backoff(base=0.5, cap=4.0)
-        for attempt in range(1, SEND_TRIES + 1):
-            try:
-                resp = await self.client.room_send(
-                    item.room_id,
-                    "m.room.message",
-                    item.content,
-                    tx_id=item.txn_id,
-                    ignore_unverified_devices=True,
-                )
-            except TRANSPORT_ERRORS as exc:
-                why = repr(exc)
-            else:
-                if isinstance(resp, RoomSendResponse):
-                    return True
-                why = f"{getattr(resp, 'status_code', '')} {getattr(resp, 'message', resp)}"
-                if getattr(resp, "status_code", None) in PERMANENT_ERRORS:
-                    log.warning("sending failed for good: %s", why, extra={"room": item.room_id})
-                    return False
-            log.warning(
-                "sending failed (attempt %d of %d): %s",
-                attempt,
-                SEND_TRIES,
-                why,
-                extra={"room": item.room_id},
-            )
-            if attempt < SEND_TRIES and not self._stopping.is_set():
-                await asyncio.sleep(backoff.next_delay())
-        return False
 
     async def close(self) -> None:
         await self.client.close()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from bot.ops import Send
 from bot.render import Code, Link, Mention, Message, Reply
 from bot.roadmap import Roadmap, Step
 from bot.timeutil import (
@@ -60,6 +61,13 @@ class Candidate:
     mentor: str | None
     nudges_in_row: int
     escalated: bool = False  # a mentor was told already in this idle spell
+
+
+def nudge_send(policy: NudgePolicy, user_id: str, content: dict[str, object]) -> Send:
+    """A nudge goes to the team room (target "team") or the newcomer's direct chat."""
+    if policy.target == "team" and policy.team_room:
+        return Send("nudge", content, room_id=policy.team_room)
+    return Send("nudge", content, to_user=user_id)
 
 
 def should_escalate(policy: NudgePolicy, candidate: Candidate) -> bool:

@@ -51,6 +51,8 @@ class Send:
     content: dict[str, Any]
     room_id: str | None = None
     to_user: str | None = None
+    # False only for what must reach a device that gets no room keys (it says nothing private).
+    encrypted: bool = True
 
 
 PAUSED_FOREVER = datetime.fromisoformat("9999-12-31T00:00:00+00:00")

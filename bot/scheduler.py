@@ -17,7 +17,14 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from bot.metrics import Metrics
-from bot.nudges import NudgePolicy, escalation_message, nudge_message, select, should_escalate
+from bot.nudges import (
+    NudgePolicy,
+    escalation_message,
+    nudge_message,
+    nudge_send,
+    select,
+    should_escalate,
+)
 from bot.ops import RecordNudge, Send
 from bot.progress import current_step
 from bot.reports import render_digest
@@ -57,11 +64,6 @@ class Jobs:
         self.on_queued = on_queued
         self.clock = clock
 
-    def _target(self, user_id: str) -> dict[str, str]:
-        if self.policy.target == "team" and self.policy.team_room:
-            return {"room_id": self.policy.team_room}
-        return {"to_user": user_id}
-
     async def plan_nudges(self, now: datetime) -> tuple[list[RecordNudge], list[tuple[str, Send]]]:
         """One indexed query for the short list, then the pure rules; nothing is written."""
         policy, roadmap = self.policy, self.roadmap()
@@ -77,7 +79,7 @@ class Jobs:
             key = f"nudge/{c.user_id}/{ts(c.last_activity_at)}/{streak}"
             ops.append(RecordNudge(c.user_id, "nudge", step.id if step else None, "scheduler"))
             content = nudge_message(roadmap, c.user_id, step, idle, self.prefix)
-            messages.append((job_txn_id(key), Send("nudge", content, **self._target(c.user_id))))
+            messages.append((job_txn_id(key), nudge_send(policy, c.user_id, content)))
             if should_escalate(policy, c):
                 mentors = [c.mentor] if c.mentor else sorted(self.mentors())
                 ops.append(RecordNudge(c.user_id, "escalation", None, "scheduler"))

@@ -159,8 +159,13 @@ async def _v2(db: aiosqlite.Connection) -> None:
     )
 
 
+async def _v3(db: aiosqlite.Connection) -> None:
+    """A message may go out unencrypted: the notice to a device that cannot get room keys."""
+    await db.execute("ALTER TABLE outbox ADD COLUMN encrypted INTEGER NOT NULL DEFAULT 1")
+
+
 # Applied in order at start; the database's PRAGMA user_version is the count applied so far.
-MIGRATIONS: tuple[Migration, ...] = (_v1, _v2)
+MIGRATIONS: tuple[Migration, ...] = (_v1, _v2, _v3)
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,7 @@ class OutboxItem:
     content: dict[str, Any]
     attempts: int = 0
     to_user: str | None = None
+    encrypted: bool = True  # False: sent in the clear even in an encrypted room
 
 
 @dataclass(frozen=True)
@@ -414,7 +420,8 @@ class Store:
 
     async def outbox(self) -> list[OutboxItem]:
         rows = await self._all(
-            "SELECT id, txn_id, room_id, to_user, content, attempts FROM outbox ORDER BY id"
+            "SELECT id, txn_id, room_id, to_user, content, attempts, encrypted "
+            "FROM outbox ORDER BY id"
         )
         return [
             OutboxItem(
@@ -424,6 +431,7 @@ class Store:
                 json.loads(r["content"]),
                 r["attempts"],
                 r["to_user"],
+                bool(r["encrypted"]),
             )
             for r in rows
         ]
@@ -789,13 +797,13 @@ def _queue(conn: sqlite3.Connection, txn_id: str, send: Send, when: str) -> Outb
         ).fetchone()
         room_id = row["room_id"] if row else None
     cur = conn.execute(
-        "INSERT INTO outbox (txn_id, room_id, to_user, content, created_at) "
-        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (txn_id) DO NOTHING",
-        (txn_id, room_id, send.to_user, json.dumps(send.content), when),
+        "INSERT INTO outbox (txn_id, room_id, to_user, content, created_at, encrypted) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (txn_id) DO NOTHING",
+        (txn_id, room_id, send.to_user, json.dumps(send.content), when, send.encrypted),
     )
     if not cur.rowcount or cur.lastrowid is None:
         return None  # queued before: the same job or command ran twice
-    return OutboxItem(cur.lastrowid, txn_id, room_id, send.content, 0, send.to_user)
+    return OutboxItem(cur.lastrowid, txn_id, room_id, send.content, 0, send.to_user, send.encrypted)
 
 
 def _apply_op(conn: sqlite3.Connection, op: Op, when: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bot.commands.registry import Arg, ArgKind, CommandSet, Ctx, Outcome, Role
-from bot.nudges import nudge_message, pill
+from bot.nudges import nudge_message, nudge_send, pill
 from bot.ops import RecordNudge, Send, SetMentor
 from bot.progress import NewcomerInfo, current_step, is_finished
 from bot.render import Bold, Code, Message, text
@@ -105,15 +105,10 @@ async def nudge(ctx: Ctx, user: str) -> Outcome:
     policy = ctx.services.policy
     idle = policy.idle_time(info.last_activity_at, ctx.now, policy.zone_of(info.timezone))
     content = nudge_message(ctx.roadmap, user, step, idle, ctx.prefix)
-    policy_target = (
-        {"room_id": policy.team_room}
-        if policy.target == "team" and policy.team_room
-        else {"to_user": user}
-    )
     return Outcome(
         text("📣 Nudged ", pill(user), "."),
         ops=(RecordNudge(user, "nudge", step.id if step else None, ctx.sender),),
-        messages=(Send("nudge", content, **policy_target),),
+        messages=(nudge_send(policy, user, content),),
     )
 
 

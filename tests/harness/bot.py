@@ -14,6 +14,8 @@ from typing import Any
 import yaml
 
 from bot.devserver import bot_config, wait_for_log
+from tests.harness.person import Person
+from tests.harness.synapse import Synapse
 
 REPO = Path(__file__).resolve().parents[2]
 READY = "first sync done; ready for commands"
@@ -103,3 +105,28 @@ class BotProcess:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+async def open_chat(person: Person, bot_user_id: str, *, encrypted: bool) -> str:
+    """The person invites the bot, as from Element (encrypted means a direct chat); returns
+    the room once the bot's greeting has arrived and been read."""
+    room = await person.create_room(invite=[bot_user_id], encrypted=encrypted, direct=encrypted)
+    await person.wait_for_join(room, bot_user_id, timeout=30)
+    greeting = await person.reply(room, timeout=30)
+    assert "onboarding mentor" in greeting.body
+    return room
+
+
+async def new_bot(
+    synapse: Synapse, workdir: Path, name: str, *, env: dict[str, str] | None = None, **extra: Any
+) -> BotProcess:
+    """A bot account of its own on `synapse` and its process, not started yet."""
+    user_id = await synapse.ensure_user(name, f"{name}-password")
+    return BotProcess(
+        workdir,
+        homeserver=synapse.url,
+        user_id=user_id,
+        password=f"{name}-password",
+        extra=extra,
+        env=env,
+    )

@@ -31,7 +31,9 @@ from nio import (
     SyncResponse,
 )
 
+from bot.cross_signing import CrossSigningKeys
 from bot.e2e import maintain_keys
+from bot.identity import cross_sign
 
 __all__ = ["MakePerson", "Person", "ReceivedMessage"]
 
@@ -98,8 +100,11 @@ class Person:
         store_dir: Path,
         *,
         device_name: str = "integration-test",
+        cross_signing: CrossSigningKeys | None = None,
     ) -> Person:
-        """Log in with a fresh E2E device, upload its keys and run the first sync."""
+        """Log in with a fresh E2E device, upload its keys and run the first sync. With
+        `cross_signing`, those become the account's keys and sign the device, as Element
+        does at login; without, the device is what Element calls insecure."""
         store_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - instant, local
         config = AsyncClientConfig(
             encryption_enabled=True,
@@ -119,6 +124,8 @@ class Person:
         person = cls(client)
         if client.should_upload_keys:
             await client.keys_upload()
+        if cross_signing is not None:
+            await cross_sign(client, cross_signing, password)
         first = await client.sync(timeout=0, full_state=True)
         if not isinstance(first, SyncResponse):
             await client.close()

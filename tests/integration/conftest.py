@@ -43,7 +43,11 @@ async def _people(
     people: list[Person] = []
 
     async def factory(
-        localpart: str, *, admin: bool = False, server: Synapse | None = None
+        localpart: str,
+        *,
+        admin: bool = False,
+        server: Synapse | None = None,
+        cross_signed: bool = True,
     ) -> Person:
         server = server or synapse
         password = f"{localpart}-password"
@@ -51,7 +55,11 @@ async def _people(
         if server.password_of(user_id) is None:
             await server.register(localpart, password, admin=admin)
         person = await Person.login(
-            server.url, user_id, password, tmp_path_factory.mktemp(f"store-{localpart}")
+            server.url,
+            user_id,
+            password,
+            tmp_path_factory.mktemp(f"store-{localpart}"),
+            cross_signing=server.cross_signing_keys(user_id) if cross_signed else None,
         )
         people.append(person)
         return person
@@ -70,7 +78,8 @@ async def make_person(
     """Factory for logged-in E2E users: ``await make_person("alice", admin=False, server=None)``.
 
     The account is registered on first use (password ``<localpart>-password``); asking for
-    the same localpart again logs in a new device. Every Person is closed after the test.
+    the same localpart again logs in a new device. Devices are cross-signed by their account,
+    as Element's are, unless ``cross_signed=False``. Every Person is closed after the test.
     """
     async with _people(synapse, tmp_path_factory) as factory:
         yield factory
