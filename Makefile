@@ -28,7 +28,12 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff format --check bot tests
 	$(PY) -m mypy
 
-test: lint
+# The Element-like test client (tests/element, matrix-js-sdk) for the integration tests.
+tests/element/node_modules/.installed: tests/element/package-lock.json
+	npm ci --prefix tests/element --no-audit --no-fund
+	touch $@
+
+test: lint tests/element/node_modules/.installed
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # A throw-away local Synapse, the bot, and a terminal chat with it as @newcomer:localhost.

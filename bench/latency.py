@@ -38,8 +38,11 @@ from nio import (
 )
 
 from bench._common import ECHO_READY, REPO, BotProc, Summary, synapse_at
+from bot.cross_signing import CrossSigningKeys
 from bot.devserver import DevSynapse, spawn, stop_process, wait_for_log
 from bot.e2e import maintain_keys
+from bot.identity import cross_sign
+from bot.outbox import encrypted_room_state
 
 TARGET_RATIO = 1.10
 COMMAND = "!next"
@@ -65,6 +68,8 @@ class User:
             raise RuntimeError(f"login of {user_id} failed: {resp}")
         if client.should_upload_keys:
             await client.keys_upload()
+        # The bot answers cross-signed devices only, as Element's users have.
+        await cross_sign(client, CrossSigningKeys.generate(), password)
         first = await client.sync(timeout=0, full_state=True)
         if not isinstance(first, SyncResponse):
             raise RuntimeError(f"first sync of {user_id} failed: {first}")
@@ -106,17 +111,7 @@ class User:
 
     async def room_with(self, other: str, encrypted: bool) -> str:
         """A private room with `other` invited; returns once `other` has joined."""
-        state = (
-            [
-                {
-                    "type": "m.room.encryption",
-                    "state_key": "",
-                    "content": {"algorithm": "m.megolm.v1.aes-sha2"},
-                }
-            ]
-            if encrypted
-            else []
-        )
+        state = encrypted_room_state() if encrypted else []
         resp = await self.client.room_create(invite=[other], initial_state=state, is_direct=True)
         if not isinstance(resp, RoomCreateResponse):
             raise RuntimeError(f"room_create failed: {resp}")

@@ -27,21 +27,21 @@ from nio import (
     AsyncClientConfig,
     EncryptionError,
     JoinResponse,
-    LocalProtocolError,
     LoginResponse,
     MegolmEvent,
     RoomCreateResponse,
     RoomMessage,
     RoomPreset,
     RoomSendResponse,
-    SendRetryError,
     SyncResponse,
     WhoamiResponse,
 )
 
 from bot.config import MXID, ConfigError, load_config
+from bot.cross_signing import MASTER, CrossSigningKeys, user_keys
 from bot.e2e import maintain_keys
-from bot.identity import write_private
+from bot.identity import FatalMatrixError, cross_sign, query_keys, write_private
+from bot.outbox import TRANSPORT_ERRORS, encrypted_room_state
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 DEVICE_NAME = "onboarding-bot chat"
@@ -52,8 +52,6 @@ BOT_JOIN_TIMEOUT_S = 60.0
 # How long to wait for the bot's device keys, and for a room key that arrives late.
 DEVICE_WAIT_S = 15.0
 UNDECRYPTABLE_AFTER_S = 15.0
-TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError, SendRetryError, LocalProtocolError)
-MEGOLM = "m.megolm.v1.aes-sha2"
 
 
 class ChatError(RuntimeError):
@@ -269,6 +267,30 @@ class ChatClient:
             write_private(self.session_path, json.dumps(session.__dict__, indent=2))
         if self.client.should_upload_keys:
             await self._call(self.client.keys_upload())
+        try:
+            await self._call(self._cross_sign())
+        except FatalMatrixError as exc:
+            raise ChatError(str(exc)) from None
+
+    async def _cross_sign(self) -> None:
+        """The bot answers only cross-signed devices (as Element does): an account with no
+        cross-signing yet gets keys of its own here; one whose keys live in Element needs
+        this session verified there."""
+        keys_path = self.state_dir / "cross-signing.json"
+        saved = _read_json(keys_path)
+        keys = CrossSigningKeys.from_secrets(saved) if saved else None
+        query = await query_keys(self.client, [self.user_id])
+        master = user_keys(query, self.user_id).master
+        if master is None or (keys is not None and keys.public(MASTER) == master):
+            keys = keys or CrossSigningKeys.generate()
+            write_private(keys_path, json.dumps(keys.secrets()))
+            await cross_sign(self.client, keys, None)
+            return
+        self.terminal.line(
+            f"⚠ This terminal session ({self.client.device_id}) is not verified: your account's "
+            "cross-signing keys live in another client. Verify this session there (Element: "
+            "Settings → Sessions), or the bot will not take your commands."
+        )
 
     def _saved_session(self) -> ChatSession | None:
         data = _read_json(self.session_path)
@@ -357,9 +379,7 @@ class ChatClient:
                 is_direct=True,
                 invite=[self.bot_id],
                 preset=RoomPreset.trusted_private_chat,
-                initial_state=[
-                    {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": MEGOLM}}
-                ],
+                initial_state=encrypted_room_state(),
             )
         )
         if not isinstance(resp, RoomCreateResponse):

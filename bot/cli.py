@@ -140,7 +140,11 @@ def cmd_reset_identity(args: argparse.Namespace) -> int:
             "recovery key stops working, and newcomers' clients will say the bot's identity "
             "changed."
         )
-        if input("Type 'reset' to go on: ").strip() != "reset":
+        try:
+            answer = input("Type 'reset' to go on: ")
+        except EOFError:
+            answer = ""  # no terminal: no confirmation
+        if answer.strip() != "reset":
             print("Nothing changed.")
             return EXIT_FAILURE
     os.umask(0o077)

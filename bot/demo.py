@@ -31,6 +31,7 @@ from bot.devserver import (
     stop_process,
     wait_for_log,
 )
+from bot.identity import RECOVERY_KEY_FILE
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 READY = "first sync done; ready for commands"
@@ -184,7 +185,13 @@ class Demo:
             f"    {sys.executable} -m bot chat --config {self.config_path} "
             f"--as {s.mxid(MENTOR.localpart)} --password {MENTOR.password}\n"
             f"  Bot log: {self.log_path}\n"
+            f"  The bot's recovery key (to open its account in Element, or to bring it back "
+            f"with its identity): {self.recovery_key_path}\n"
         )
+
+    @property
+    def recovery_key_path(self) -> Path:
+        return self.workdir / "data" / RECOVERY_KEY_FILE
 
 
 async def run_demo(workdir: Path) -> None:

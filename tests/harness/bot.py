@@ -101,6 +101,20 @@ class BotProcess:
             raise AssertionError(f"bot did not stop within {timeout}s of SIGTERM")
         return self.proc.returncode
 
+    def reset_identity(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`onboarding-bot reset-identity` on this bot's config, as ops would run it."""
+        return subprocess.run(
+            [sys.executable, "-m", "bot", "reset-identity", "--config", str(self.config_path)]
+            + list(args),
+            stdin=subprocess.DEVNULL,  # no one to answer the confirmation
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **self.env},
+            cwd=self.workdir,
+            check=False,
+        )
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)

@@ -34,12 +34,12 @@ from nio import (
 from bot.cross_signing import CrossSigningKeys
 from bot.e2e import maintain_keys
 from bot.identity import cross_sign
+from bot.outbox import encrypted_room_state
 
 __all__ = ["MakePerson", "Person", "ReceivedMessage"]
 
 log = logging.getLogger(__name__)
 
-_MEGOLM = "m.megolm.v1.aes-sha2"
 _SYNC_TIMEOUT_MS = 1500
 _RETRY_PAUSE_S = 0.25
 # How long say() keeps re-querying a room member that has no E2E device yet (e.g. a bot that
@@ -267,11 +267,7 @@ class Person:
         timeout: float = 15.0,
     ) -> str:
         """Create a private room and return its id once this client has synced it."""
-        initial_state: list[dict[str, Any]] = []
-        if encrypted:
-            initial_state.append(
-                {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": _MEGOLM}}
-            )
+        initial_state = encrypted_room_state() if encrypted else []
         response = await self.client.room_create(
             name=name,
             invite=list(invite),

@@ -9,6 +9,8 @@ import pytest
 import pytest_asyncio
 
 from tests.harness import MakePerson, MakeSynapse, Person, Synapse
+from tests.harness.element import MakeElementPerson, element_people
+from tests.harness.synapse import account, closing_all
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -40,9 +42,7 @@ async def synapse(make_synapse: MakeSynapse) -> Synapse:
 async def _people(
     synapse: Synapse, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[MakePerson]:
-    people: list[Person] = []
-
-    async def factory(
+    async def login(
         localpart: str,
         *,
         admin: bool = False,
@@ -50,25 +50,17 @@ async def _people(
         cross_signed: bool = True,
     ) -> Person:
         server = server or synapse
-        password = f"{localpart}-password"
-        user_id = server.mxid(localpart)
-        if server.password_of(user_id) is None:
-            await server.register(localpart, password, admin=admin)
-        person = await Person.login(
+        user_id, password = await account(server, localpart, admin=admin)
+        return await Person.login(
             server.url,
             user_id,
             password,
             tmp_path_factory.mktemp(f"store-{localpart}"),
             cross_signing=server.cross_signing_keys(user_id) if cross_signed else None,
         )
-        people.append(person)
-        return person
 
-    try:
+    async with closing_all(login) as factory:
         yield factory
-    finally:
-        for person in people:
-            await person.close()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -91,4 +83,14 @@ async def make_person_module(
 ) -> AsyncIterator[MakePerson]:
     """The same, for module-scoped fixtures: people closed at the end of the module."""
     async with _people(synapse, tmp_path_factory) as factory:
+        yield factory
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def make_element(
+    synapse: Synapse, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[MakeElementPerson]:
+    """Element-like users (matrix-js-sdk + Rust crypto, tests/element/):
+    ``await make_element("alice", isolation="only_signed", cross_sign=True)``."""
+    async with element_people(synapse, tmp_path_factory) as factory:
         yield factory

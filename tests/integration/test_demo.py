@@ -148,6 +148,9 @@ def test_demo_chat_then_eof_then_sigint_on_a_second_run(tmp_path: Path) -> None:
         run.type("!progress")
         run.expect("1 done, 0 skipped, of 52 steps")
         assert "bot> " in run.output
+        key_file = workdir / "data" / "recovery-key.txt"
+        assert "recovery key (to open its account in Element" in run.output
+        assert str(key_file) in run.output and key_file.read_text().startswith("Es")
 
         assert run.proc.stdin is not None
         run.proc.stdin.close()  # Ctrl-D

@@ -3,11 +3,8 @@ real Synapse with matrix-nio people (the Element-stack client has tests of its o
 
 from __future__ import annotations
 
-import os
 import shutil
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -37,17 +34,6 @@ async def identity_of(person: Person, bot: BotProcess) -> tuple[str | None, str,
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
-
-
-def reset_identity(bot: BotProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bot", "reset-identity", "--config", str(bot.config_path), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **bot.env},
-        check=False,
-    )
 
 
 async def test_identity_is_created_kept_restored_and_replaced(
@@ -107,11 +93,11 @@ async def test_identity_is_created_kept_restored_and_replaced(
     assert master_now == master
 
     # Replaced on purpose: without --yes it asks (and no answer changes nothing) ...
-    asked = reset_identity(bot)
+    asked = bot.reset_identity()
     assert asked.returncode != 0 and "Type 'reset'" in asked.stdout
     assert (await identity_of(kim, bot))[0] == master
     # ... with --yes a new identity, and the bot works with it.
-    done = reset_identity(bot, "--yes")
+    done = bot.reset_identity("--yes")
     assert done.returncode == 0, done.stderr
     assert "recovery-key.txt" in done.stdout
     await bot.start()

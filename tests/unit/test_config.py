@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from bot.config import ConfigError, load_config
+from bot.secret_storage import encode_recovery_key, new_key
 from bot.timeutil import parse_duration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,3 +144,29 @@ def test_bad_max_event_age_is_a_config_error(write_yaml) -> None:
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="like 30s, 45m, 12h, 3d or 1w"):
         parse_duration(text)
+
+
+def test_recovery_key_env_wins_over_file_and_file_over_value(write_yaml, tmp_path: Path) -> None:
+    from_value, from_file, from_env = (encode_recovery_key(new_key()) for _ in range(3))
+    (tmp_path / "recovery.txt").write_text(from_file + "\n")
+    path = write_yaml(
+        minimal(password="pw", recovery_key=from_value, recovery_key_file="recovery.txt"),
+        "config.yaml",
+    )
+    assert load_config(path, environ={}).matrix.recovery_key == from_file
+    env = {"ONBOARDING_BOT_RECOVERY_KEY": from_env}
+    assert load_config(path, environ=env).matrix.recovery_key == from_env
+    path = write_yaml(minimal(password="pw", recovery_key=from_value), "config.yaml")
+    assert load_config(path, environ={}).matrix.recovery_key == from_value
+    assert load_config(path, environ={}).matrix.exclude_insecure_devices is True
+
+
+def test_a_mistyped_recovery_key_is_refused_without_echoing_it(write_yaml) -> None:
+    key = encode_recovery_key(new_key())
+    typo = key[:-1] + ("a" if key[-1] != "a" else "b")
+    path = write_yaml(minimal(password="pw", recovery_key=typo), "config.yaml")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, environ={})
+    [line] = problem_lines(exc)
+    assert line.startswith(f"{path}: matrix.recovery_key: not a recovery key")
+    assert typo not in line and typo.replace(" ", "") not in line
