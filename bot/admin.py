@@ -16,10 +16,11 @@ from nio import AsyncClient, AsyncClientConfig, LoginResponse, LogoutResponse, W
 
 from bot.app import nudge_policy
 from bot.config import Config
-from bot.identity import Identity, bot_client
+from bot.identity import Identity, bot_client, read_session
 from bot.reports import render_status, render_team
 from bot.roadmap import Roadmap
 from bot.store import Store
+from bot.team_room import pin_problem, read_pin, resolve
 
 EXPORT_TABLES = ("newcomers", "progress", "activity")
 
@@ -101,33 +102,63 @@ async def online_check(config: Config) -> list[str]:
                 return [f"matrix.homeserver: {url} answered {resp.status}; is it a Matrix server?"]
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         return [f"matrix.homeserver: cannot reach {m.homeserver}: {exc.__class__.__name__}: {exc}"]
-    session_path = config.storage.data_dir / "session.json"
-    token = m.access_token
-    if session_path.exists():
-        token = json.loads(session_path.read_text(encoding="utf-8")).get("access_token") or token
+    session = read_session(config.storage.data_dir)
+    token = session.access_token if session is not None else m.access_token
     # No encryption: this client only checks credentials and must not touch the crypto store.
     client = AsyncClient(
         m.homeserver, m.user_id, config=AsyncClientConfig(encryption_enabled=False)
     )
     try:
         if token:
-            client.access_token = token
-            who = await client.whoami()
-            if not isinstance(who, WhoamiResponse):
-                return [f"matrix.access_token: refused by {m.homeserver}: {who}"]
-            if who.user_id != m.user_id:
-                return [f"matrix.user_id: the token belongs to {who.user_id}, not {m.user_id}"]
-            return []
-        resp = await client.login(m.password, device_name="onboarding-bot check (temporary)")
-        if not isinstance(resp, LoginResponse):
-            why = getattr(resp, "message", resp)
-            return [f"matrix.password: login as {m.user_id} on {m.homeserver} failed: {why}"]
-        logout = await client.logout()
-        if not isinstance(logout, LogoutResponse):
-            return [f"logged in, but could not log the temporary device out: {logout}"]
-        return []
+            return await _token_problems(config, client, token) or await _team_room_problems(
+                config, client
+            )
+        return await _password_problems(config, client)
     finally:
         await client.close()
+
+
+async def _token_problems(config: Config, client: AsyncClient, token: str) -> list[str]:
+    m = config.matrix
+    client.access_token = token
+    who = await client.whoami()
+    if not isinstance(who, WhoamiResponse):
+        return [f"matrix.access_token: refused by {m.homeserver}: {who}"]
+    if who.user_id != m.user_id:
+        return [f"matrix.user_id: the token belongs to {who.user_id}, not {m.user_id}"]
+    return []
+
+
+async def _password_problems(config: Config, client: AsyncClient) -> list[str]:
+    """Logs a temporary device in, checks with it, and logs it out again."""
+    m = config.matrix
+    resp = await client.login(m.password, device_name="onboarding-bot check (temporary)")
+    if not isinstance(resp, LoginResponse):
+        why = getattr(resp, "message", resp)
+        return [f"matrix.password: login as {m.user_id} on {m.homeserver} failed: {why}"]
+    problems = await _team_room_problems(config, client)
+    logout = await client.logout()
+    if not isinstance(logout, LogoutResponse):
+        problems.append(f"logged in, but could not log the temporary device out: {logout}")
+    return problems
+
+
+async def _team_room_problems(config: Config, client: AsyncClient) -> list[str]:
+    """rooms.team still resolves to the room the bot pinned (see team_room.py)."""
+    team = config.rooms.team
+    if team is None:
+        return []
+    resolved = await resolve(client, team)
+    if resolved is None:
+        return [f"rooms.team: cannot resolve {team}"]
+    if not config.database_path.exists():
+        return []
+    store = await Store.open(config.database_path)
+    try:
+        problem = pin_problem(team, resolved, await read_pin(store))
+    finally:
+        await store.close()
+    return [problem] if problem else []
 
 
 async def reset_identity(config: Config) -> Path | None:

@@ -85,6 +85,7 @@ def nudge_policy(config: Config, team_room_id: str | None) -> NudgePolicy:
         escalate_after=n.escalate_after,
         target=n.target,
         team_room=team_room_id,
+        manual_cooldown=n.manual_cooldown_delta,
     )
 
 
@@ -206,7 +207,7 @@ def _scheduler(
         policy=services.policy,
         mentors=lambda: services.mentors,
         prefix=config.bot.command_prefix,
-        on_queued=matrix.flush_outbox,
+        on_queued=matrix.queued,
         metrics=metrics,
     )
     scheduler = Scheduler(jobs, store)

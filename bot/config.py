@@ -101,6 +101,10 @@ class BotConfig(_Section):
     # "slow down" notice and silence until the window has passed.
     flood_limit: int = Field(default=10, ge=1)
     flood_window: str = "10s"
+    # Invites beyond these are declined: rooms one non-mentor may bring the bot into, and
+    # rooms in all.
+    max_rooms_per_inviter: int = Field(default=5, ge=0)
+    max_rooms: int = Field(default=1000, ge=1)
 
     @field_validator("flood_window")
     @classmethod
@@ -161,11 +165,13 @@ class NudgesConfig(_Section):
     escalate_after: int = Field(default=3, ge=1, le=100)
     working_days: list[str] = Field(default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"])
     quiet_hours: str | None = "20:00-08:00"
+    # A mentor's !nudge of the same newcomer at most once per this long.
+    manual_cooldown: str = "1h"
 
     _schedule = field_validator("schedule")(_check_crontab)
     _tz = field_validator("timezone")(_check_timezone)
 
-    @field_validator("idle_after")
+    @field_validator("idle_after", "manual_cooldown")
     @classmethod
     def _idle(cls, value: str) -> str:
         timeutil.parse_duration(value)
@@ -186,6 +192,10 @@ class NudgesConfig(_Section):
     @property
     def idle_delta(self) -> timedelta:
         return timeutil.parse_duration(self.idle_after)
+
+    @property
+    def manual_cooldown_delta(self) -> timedelta:
+        return timeutil.parse_duration(self.manual_cooldown)
 
     @property
     def zone(self) -> ZoneInfo:

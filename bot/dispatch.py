@@ -59,16 +59,34 @@ class FloodGate:
     delivered at once are not mistaken for a flood.
     """
 
+    SWEEP_AT = 1024  # senders remembered before the first sweep for quiet ones
+
     def __init__(self, limit: int = 10, window_ms: int = 10_000) -> None:
         self.limit, self.window_ms = limit, window_ms
         self._seen: dict[str, deque[int]] = {}
         self._warned: set[str] = set()
+        self._sweep_at = self.SWEEP_AT
+
+    def senders(self) -> int:
+        """How many senders are remembered (bounded: quiet ones are forgotten)."""
+        return len(self._seen)
 
     def _window(self, sender: str, ts_ms: int) -> deque[int]:
+        if len(self._seen) >= self._sweep_at:
+            self._sweep(ts_ms)
         seen = self._seen.setdefault(sender, deque())
         while seen and seen[0] <= ts_ms - self.window_ms:
             seen.popleft()
         return seen
+
+    def _sweep(self, ts_ms: int) -> None:
+        """Forgets senders with nothing left in their window: to them, `check` would say 'ok'
+        anyway. Runs when the count doubles since the last sweep, so it costs O(1) a message."""
+        cutoff = ts_ms - self.window_ms
+        for sender in [s for s, seen in self._seen.items() if not seen or seen[-1] <= cutoff]:
+            del self._seen[sender]
+            self._warned.discard(sender)
+        self._sweep_at = max(self.SWEEP_AT, 2 * len(self._seen))
 
     def would_pass(self, sender: str, ts_ms: int) -> bool:
         """Whether `check` would say 'ok', without counting the message."""
@@ -232,10 +250,28 @@ class Dispatcher:
                 outcome, finished = Outcome(OOPS, outcome="error"), None
         reply = reply_content(outcome.reply, msg.event_id)
         txn = reply_txn_id(msg.event_id)
-        first: list[tuple[str, Send]] = [(txn, Send("reply", reply, room_id=msg.room_id))]
-        if cmd is not None and cmd.private and not (msg.is_direct or self.mentor_commands_in_rooms):
+        # What is private is the answer of a command that ran: a refusal or a usage error says
+        # nothing about anyone.
+        private = (
+            cmd is not None
+            and cmd.private
+            and outcome.outcome == "ok"
+            and not self.mentor_commands_in_rooms
+        )
+        # A private answer names its reader: the outbox checks again, when it sends, that only
+        # they can read the room, and goes to a private room of its own if not.
+        first: list[tuple[str, Send]] = [
+            (
+                txn,
+                Send("reply", reply, room_id=msg.room_id, to_user=msg.sender if private else None),
+            )
+        ]
+        if private and not msg.is_direct:
             # Others read this room: the answer goes to the mentor's direct chat instead.
-            note = text("I've sent you the answer in our direct chat, where only you can read it.")
+            note = text(
+                "I've sent you the answer in our direct chat, where only you can read it "
+                "(if you're not in it yet, I've invited you)."
+            )
             first = [
                 (txn, Send("reply", reply_content(note, msg.event_id), room_id=msg.room_id)),
                 (
@@ -321,6 +357,7 @@ class Dispatcher:
             progress=progress,
             commands=self.commands,
             services=self.services,
+            role_of=self.people.role_of,
             formatted_body=msg.formatted_body,
         )
         outcome = await invoke(cmd, ctx, args)

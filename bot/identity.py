@@ -83,6 +83,14 @@ async def api(
     client: AsyncClient, method: str, path: str, body: dict[str, Any] | None = None
 ) -> tuple[int, dict[str, Any]]:
     """One client-server API call that nio has no method for; returns status and JSON body."""
+    status, data = await api_any(client, method, path, body)
+    return status, data if isinstance(data, dict) else {}
+
+
+async def api_any(
+    client: AsyncClient, method: str, path: str, body: dict[str, Any] | None = None
+) -> tuple[int, Any]:
+    """The same, for the few endpoints that answer a JSON list."""
     resp = await client.send(
         method,
         API + path,
@@ -94,10 +102,9 @@ async def api(
     )
     async with resp:
         try:
-            data = await resp.json(content_type=None)
+            return resp.status, await resp.json(content_type=None)
         except ValueError:
-            data = None
-    return resp.status, data if isinstance(data, dict) else {}
+            return resp.status, None
 
 
 async def query_keys(client: AsyncClient, users: set[str] | list[str]) -> dict[str, Any]:

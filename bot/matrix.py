@@ -20,20 +20,22 @@ from nio import (
     MatrixRoom,
     MegolmEvent,
     RoomMessageText,
-    RoomResolveAliasResponse,
     SyncError,
     SyncResponse,
 )
 
+from bot.commands.registry import Role
 from bot.config import Config
 from bot.dispatch import Dispatcher, Incoming, reply_content
 from bot.e2e import DeviceTrust, maintain_keys
 from bot.identity import FatalMatrixError, Identity, bot_client
 from bot.metrics import Metrics
 from bot.ops import Send
-from bot.outbox import TRANSPORT_ERRORS, Backoff, Outbox
+from bot.outbox import TRANSPORT_ERRORS, Backoff, Outbox, is_private_with
+from bot.recent import Recent
 from bot.render import Code, Message
 from bot.store import Store
+from bot.team_room import TeamRoom
 from bot.timeutil import parse_duration
 
 __all__ = ["FatalMatrixError", "MatrixBot"]
@@ -65,6 +67,7 @@ class MatrixBot:
             self.client, exclude_insecure=config.matrix.exclude_insecure_devices
         )
         self._stopping = asyncio.Event()
+        self._e2e_lock = asyncio.Lock()
         self.outbox = Outbox(
             self.client,
             store,
@@ -72,20 +75,23 @@ class MatrixBot:
             self.trust,
             encrypt_new_rooms=config.matrix.encryption,
             stopping=self._stopping,
+            e2e_lock=self._e2e_lock,
         )
+        self.team = TeamRoom(self.client, store, config.rooms.team, frozenset(config.people.admins))
         self.max_event_age_ms = int(parse_duration(config.bot.max_event_age).total_seconds() * 1000)
         self.last_sync_ok: float | None = None
         self.sync_failing = False
         self._inbox: list[tuple[Incoming, float]] = []  # this sync's commands, as they arrived
         self._first_start_ms = 0
-        self._direct: dict[str, str] = {}
-        self.team_room_id: str | None = None
         self.synced = asyncio.Event()
         self.client.add_event_callback(self._on_invite, InviteMemberEvent)
         self.client.add_event_callback(self._on_message, RoomMessageText)
         self.client.add_event_callback(self._on_undecryptable, MegolmEvent)
-        self._told_undecryptable: set[tuple[str, str]] = set()
-        self._told_insecure: set[tuple[str, str]] = set()
+        # Invites are answered by a task of their own: a flood of them never holds up syncs.
+        self._invites: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._told_undecryptable = Recent(ttl_s=3600)  # senders told in the last hour
+        self._asked_for_keys = Recent(ttl_s=3600)  # Megolm sessions asked for
+        self._told_insecure = Recent(ttl_s=7 * 86400)  # devices told they are not verified
 
     async def login(self) -> None:
         """Logs in (reusing the saved device) and makes sure the device is cross-signed."""
@@ -99,6 +105,7 @@ class MatrixBot:
         """Takes no more commands. A sync in flight is abandoned; its events come again
         with the saved token at the next start, and those already handled are skipped."""
         self._stopping.set()
+        self.outbox.wake()
 
     def healthy(self) -> tuple[bool, str]:
         if self.client.access_token is None or self.last_sync_ok is None:
@@ -117,6 +124,23 @@ class MatrixBot:
             await self.store.set_value(FIRST_START_KEY, first)
         self._first_start_ms = int(first)
         token = await self.store.get_value(SYNC_TOKEN_KEY)
+        workers = [
+            asyncio.create_task(self._send_when_synced(), name="outbox"),
+            asyncio.create_task(self._answer_invites(), name="invites"),
+        ]
+        try:
+            await self._sync_loop(token)
+        finally:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _send_when_synced(self) -> None:
+        """Sending starts with the first sync: before it the bot knows none of its rooms."""
+        await self.synced.wait()
+        await self.outbox.run()
+
+    async def _sync_loop(self, token: str | None) -> None:
         backoff = Backoff()
         full_state = True  # the first sync of every start rebuilds room state in memory
         while not self._stopping.is_set():
@@ -148,6 +172,7 @@ class MatrixBot:
                 self.synced.set()
             full_state = False
             await self._handle_inbox()  # committed before the token moves past them
+            self.outbox.wake()
             token = resp.next_batch
             await self.store.set_value(SYNC_TOKEN_KEY, token)
             self.last_sync_ok = time.monotonic()
@@ -167,14 +192,19 @@ class MatrixBot:
 
     async def _after_sync(self) -> None:
         try:
-            await maintain_keys(self.client, self.trust)
+            async with self._e2e_lock:
+                await maintain_keys(self.client, self.trust)
         except (*TRANSPORT_ERRORS, FatalMatrixError) as exc:
             log.warning("key maintenance failed, will retry after the next sync: %r", exc)
-        await self.flush_outbox()
+        self.outbox.wake()  # rooms and devices this sync brought may unblock messages
 
     async def flush_outbox(self) -> None:
-        """Sends every queued message, oldest first; what fails stays queued for next time."""
+        """Sends what can be sent now (at stop: what is not held back by a rate limit)."""
         await self.outbox.flush()
+
+    async def queued(self) -> None:
+        """A job queued messages: the outbox task sends them."""
+        self.outbox.wake()
 
     # --- events ---------------------------------------------------------------------------
 
@@ -182,26 +212,51 @@ class MatrixBot:
         return user_id.partition(":")[2] in self.config.allowed_servers
 
     async def _on_invite(self, room: MatrixRoom, event: InviteMemberEvent) -> None:
-        if event.state_key != self.client.user_id or event.membership != "invite":
-            return
-        if not self._allowed(event.sender):
-            log.warning(
-                "rejecting an invite: the inviter's server is not in bot.allowed_servers",
-                extra={"room": room.room_id, "sender": event.sender},
-            )
-            await self.client.room_leave(room.room_id)
-            return
-        joined_ms = int(time.time() * 1000)
-        resp = await self.client.join(room.room_id)
-        if getattr(resp, "room_id", None) != room.room_id:
-            log.warning("could not join %s: %s", room.room_id, resp)
-            return
-        await self.store.set_room_joined(room.room_id, joined_ms)
-        log.info("joined on invite", extra={"room": room.room_id, "sender": event.sender})
-        if self.config.bot.greeting:
-            await self._greet(room.room_id, joined_ms)
+        if event.state_key == self.client.user_id and event.membership == "invite":
+            self._invites.put_nowait((room.room_id, event.sender))
 
-    async def _greet(self, room_id: str, joined_ms: int) -> None:
+    async def _answer_invites(self) -> None:
+        while True:
+            room_id, inviter = await self._invites.get()
+            try:
+                await self._answer_invite(room_id, inviter)
+            except TRANSPORT_ERRORS as exc:
+                log.warning("could not answer an invite: %r", exc, extra={"room": room_id})
+
+    async def _answer_invite(self, room_id: str, inviter: str) -> None:
+        """Joins, unless the inviter's server is not allowed or a cap is reached (then the
+        invite is declined, with a log line); greets a room the first time only."""
+        if room_id in self.client.rooms:
+            return  # joined already (an invite seen twice)
+        why = await self._decline_reason(inviter)
+        if why is not None:
+            log.warning("declining an invite: %s", why, extra={"room": room_id, "sender": inviter})
+            await self.client.room_leave(room_id)
+            return
+        known = await self.store.room_joined_at(room_id) is not None
+        joined_ms = int(time.time() * 1000)
+        resp = await self.client.join(room_id)
+        if getattr(resp, "room_id", None) != room_id:
+            log.warning("could not join %s: %s", room_id, resp)
+            return
+        await self.store.set_room_joined(room_id, joined_ms, inviter)
+        log.info("joined on invite", extra={"room": room_id, "sender": inviter})
+        if self.config.bot.greeting and not known:
+            await self._greet(room_id)
+
+    async def _decline_reason(self, inviter: str) -> str | None:
+        bot = self.config.bot
+        if not self._allowed(inviter):
+            return "the inviter's server is not in bot.allowed_servers"
+        if len(self.client.rooms) >= bot.max_rooms:
+            return f"the bot is in bot.max_rooms ({bot.max_rooms}) rooms already"
+        if self.dispatcher.people.role_of(inviter) >= Role.MENTOR:
+            return None
+        if await self.store.rooms_invited_by(inviter) >= bot.max_rooms_per_inviter:
+            return f"the inviter has bot.max_rooms_per_inviter ({bot.max_rooms_per_inviter}) rooms"
+        return None
+
+    async def _greet(self, room_id: str) -> None:
         p = self.config.bot.command_prefix
         reply = (
             Message()
@@ -212,7 +267,7 @@ class MatrixBot:
             .line("Say ", Code(f"{p}start"), " to begin, or ", Code(f"{p}help"), " for commands.")
             .reply()
         )
-        txn = "greet-" + hashlib.sha256(f"{room_id}/{joined_ms}".encode()).hexdigest()[:32]
+        txn = "greet-" + hashlib.sha256(room_id.encode()).hexdigest()[:32]
         await self.store.commit_job(
             ops=(),
             messages=[(txn, Send("greeting", reply.content(), room_id=room_id))],
@@ -239,10 +294,7 @@ class MatrixBot:
             return
         if event.decrypted and not await self._from_secure_device(room, event):
             return
-        is_direct = room.member_count == 2
-        if is_direct and self._direct.get(sender) != room.room_id:
-            await self.store.set_direct_room(sender, room.room_id)
-            self._direct[sender] = room.room_id
+        is_direct = is_private_with(room, str(self.client.user_id), sender)
         self._inbox.append(
             (
                 Incoming(
@@ -276,9 +328,8 @@ class MatrixBot:
             "not running a command from an insecure device",
             extra={"room": room.room_id, "sender": event.sender, "device": which},
         )
-        if (event.sender, which) in self._told_insecure:
+        if not self._told_insecure.first((event.sender, which)):
             return False
-        self._told_insecure.add((event.sender, which))
         note = (
             Message()
             .line(
@@ -323,20 +374,22 @@ class MatrixBot:
 
     async def _on_undecryptable(self, room: MatrixRoom, event: MegolmEvent) -> None:
         """A message the bot has no key for: ask the sender's devices for the key, and say
-        once per sender and session what to do."""
+        what to do, at most once per sender an hour. It counts against the sender's flood
+        gate like a command: fake encrypted events are no way around it."""
         sender = event.sender
         if sender == self.client.user_id or not self._allowed(sender):
             return
         joined = await self.store.room_joined_at(room.room_id) or self._first_start_ms
         if event.server_timestamp < joined:
             return
-        log.warning("could not decrypt a message", extra={"room": room.room_id, "sender": sender})
-        with contextlib.suppress(*TRANSPORT_ERRORS, LocalProtocolError):
-            await self.client.request_room_key(event)
-        key = (sender, event.session_id)
-        if key in self._told_undecryptable:
+        if self.dispatcher.flood.check(sender, event.server_timestamp) != "ok":
             return
-        self._told_undecryptable.add(key)
+        log.warning("could not decrypt a message", extra={"room": room.room_id, "sender": sender})
+        if self._asked_for_keys.first((sender, event.session_id)):
+            with contextlib.suppress(*TRANSPORT_ERRORS, LocalProtocolError):
+                await self.client.request_room_key(event)
+        if not self._told_undecryptable.first(sender):
+            return
         note = (
             Message()
             .line(
@@ -349,7 +402,7 @@ class MatrixBot:
         )
         txn = (
             "undecryptable-"
-            + hashlib.sha256(f"{sender}/{event.session_id}".encode()).hexdigest()[:32]
+            + hashlib.sha256(f"{sender}/{event.event_id}".encode()).hexdigest()[:32]
         )
         content = reply_content(note, event.event_id)
         await self.store.commit_job(
@@ -361,28 +414,15 @@ class MatrixBot:
     # --- the team room ----------------------------------------------------------------------
 
     async def join_team_room(self) -> None:
-        """Resolves and joins rooms.team, where mentors are found by power level."""
-        team = self.config.rooms.team
-        if team is None:
-            return
-        room_id = team
-        if team.startswith("#"):
-            resp = await self.client.room_resolve_alias(team)
-            if not isinstance(resp, RoomResolveAliasResponse):
-                log.error("rooms.team: cannot resolve %s: %s", team, resp)
-                return
-            room_id = resp.room_id
-        self.team_room_id = room_id
-        if room_id not in self.client.rooms:
-            resp = await self.client.join(room_id)
-            if getattr(resp, "room_id", None) != room_id:
-                log.error("rooms.team: cannot join %s (invite the bot first): %s", team, resp)
-                return
-            await self.store.set_room_joined(room_id, int(time.time() * 1000))
+        """Joins rooms.team (pinned; see team_room.py), where mentors are found by power."""
+        await self.team.join()
+
+    @property
+    def team_room_id(self) -> str | None:
+        return self.team.room_id
 
     def power_level(self, user_id: str) -> int:
-        room = self.client.rooms.get(self.team_room_id or "")
-        return room.power_levels.get_user_level(user_id) if room else 0
+        return self.team.power_level(user_id)
 
     async def close(self) -> None:
         await self.client.close()

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from urllib.parse import unquote
 
+from bot.render import Reply, echo, text
+
 # Kept identical to bot.config.MXID (a test checks); not imported, so this core needs no pydantic.
 MXID_RE = re.compile(r"^@[^:\s]+:[A-Za-z0-9.\-]+(:\d+)?$")
 
@@ -89,10 +91,11 @@ def pills(formatted_body: str | None) -> list[str]:
 
 @dataclass(frozen=True)
 class Resolved:
-    """Exactly one of `user_id` and `problem` is set; `candidates` are an ambiguous name's users."""
+    """Exactly one of `user_id` and `problem` (the reply to give) is set; `candidates` are an
+    ambiguous name's users."""
 
     user_id: str | None
-    problem: str | None = None
+    problem: Reply | None = None
     candidates: tuple[str, ...] = ()
 
 
@@ -116,7 +119,11 @@ def resolve_user(
     example = f"@{name}:{default_server}"
     if not name or not _is_mxid(example):
         return Resolved(
-            None, f"“{token}” is not a user; write an id like @name:{default_server} or a mention"
+            None,
+            text(
+                echo(token),
+                f" is not a user; write an id like @name:{default_server} or a mention.",
+            ),
         )
     wanted = name.lower()
     matches = sorted({u for u in known_users if _is_mxid(u) and _localpart(u).lower() == wanted})
@@ -125,11 +132,20 @@ def resolve_user(
     if matches:
         return Resolved(
             None,
-            f"“{token}” could be several people: {', '.join(matches)}; write the full id",
+            text(
+                echo(token), f" could be several people: {', '.join(matches)}; write the full id."
+            ),
             tuple(matches),
         )
     return Resolved(
-        None, f"I don't know anyone called “{token}”; if you mean {example}, write the full id"
+        None,
+        text(
+            "I don't know anyone called ",
+            echo(token),
+            "; if you mean ",
+            echo(example),
+            ", write the full id.",
+        ),
     )
 
 
@@ -137,8 +153,8 @@ def _pill_spans(body_args: str, links: list[tuple[str, str]]) -> list[tuple[int,
     """Where each pill's text sits in the plain body, or None if any cannot be found in order."""
     spans: list[tuple[int, int, str]] = []
     cursor = 0
-    for user_id, text in links:
-        for needle in (text, user_id):
+    for user_id, label in links:
+        for needle in (label, user_id):
             # Whole words only, so a pill "Bob" is not found inside "Bobby"; clients may add an
             # "@" before or a ":" after the name.
             pattern = rf"(?<!\S)@?{re.escape(needle)}[:,]?(?!\S)"

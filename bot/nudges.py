@@ -6,7 +6,7 @@ on a day off or inside quiet hours.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -33,6 +33,7 @@ class NudgePolicy:
     escalate_after: int
     target: str  # "dm" or "team"
     team_room: str | None
+    manual_cooldown: timedelta = timedelta(hours=1)  # between two !nudge of one newcomer
 
     def zone_of(self, name: str | None) -> ZoneInfo:
         if name:
@@ -136,10 +137,22 @@ def pill(user_id: str) -> Mention:
     return Mention(user_id)
 
 
-def mention_content(reply: Reply, user_ids: Sequence[str]) -> dict[str, object]:
-    """A message that notifies exactly these users (intentional mentions, MSC3952)."""
+def notify_content(reply: Reply, user_id: str) -> dict[str, object]:
+    """A message that notifies exactly `user_id` (an intentional mention, MSC3952).
+
+    m.text, not m.notice: Synapse's default push rule .m.rule.suppress_notices silences every
+    notice before any mention rule is looked at, so a notice never notifies anyone.
+    """
     content: dict[str, object] = dict(reply.content())
-    content["m.mentions"] = {"user_ids": list(user_ids)}
+    content["msgtype"] = "m.text"
+    content["m.mentions"] = {"user_ids": [user_id]}
+    return content
+
+
+def quiet_content(reply: Reply) -> dict[str, object]:
+    """A notice that notifies nobody, whoever it names."""
+    content: dict[str, object] = dict(reply.content())
+    content["m.mentions"] = {}
     return content
 
 
@@ -166,12 +179,13 @@ def nudge_message(
         Code(f"{prefix}pause 5d"),
         " if you need a break.",
     )
-    return mention_content(m.reply(), [user_id])
+    return notify_content(m.reply(), user_id)
 
 
 def escalation_message(
-    user_id: str, step: Step | None, idle: timedelta, nudges: int, mentor_ids: Sequence[str]
+    user_id: str, step: Step | None, idle: timedelta, nudges: int, mentor_id: str
 ) -> dict[str, object]:
+    """The note to one mentor (each gets their own, so it notifies them and nobody else)."""
     m = Message().line(
         pill(user_id),
         f" has been idle for {format_duration(idle)} of working time and has not "
@@ -180,9 +194,9 @@ def escalation_message(
     if step is not None:
         m.line(f"Current step: {step.number} {step.title}.")
     m.line("Maybe a quick chat would help?")
-    return mention_content(m.reply(), list(mentor_ids))
+    return notify_content(m.reply(), mentor_id)
 
 
 def finished_message(user_id: str, roadmap: Roadmap) -> dict[str, object]:
     m = Message().line("🎉 ", pill(user_id), f" has finished the {roadmap.title}.")
-    return mention_content(m.reply(), [])
+    return quiet_content(m.reply())

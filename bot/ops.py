@@ -37,7 +37,17 @@ class RecordNudge:
     actor: str  # the mentor who asked, or "scheduler"
 
 
-Op = SetMentor | SetPause | SetTimezone | RecordNudge
+@dataclass(frozen=True)
+class MarkFinishAnnounced:
+    """The mentors were told this newcomer finished: never again, whatever !undo does after."""
+
+    user_id: str
+
+
+Op = SetMentor | SetPause | SetTimezone | RecordNudge | MarkFinishAnnounced
+
+
+BACKGROUND_KINDS = frozenset({"nudge", "escalation", "digest"})
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,11 @@ class Send:
     to_user: str | None = None
     # False only for what must reach a device that gets no room keys (it says nothing private).
     encrypted: bool = True
+
+    @property
+    def background(self) -> bool:
+        """Scheduled follow-ups wait behind the replies people are waiting for."""
+        return self.key in BACKGROUND_KINDS
 
 
 PAUSED_FOREVER = datetime.fromisoformat("9999-12-31T00:00:00+00:00")

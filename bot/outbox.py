@@ -1,16 +1,24 @@
-"""Sending: delivers what the store queued (the outbox), oldest first, with retries.
+"""Sending: delivers what the store queued (the outbox) in a task of its own, fairly.
 
-A message leaves the outbox only once the homeserver has it. Its transaction id comes from
-the event or job that queued it, so a message sent twice (a crash between send and delete)
-is stored once by the homeserver.
+Each room has its own queue, served round-robin, one message per turn, replies people are
+waiting for before nudges and digests. A failure delays only its room; a rate limit (429),
+which the homeserver keeps per account, pauses sending (never receiving) until it ends, and
+the room it hit keeps its turn.
+A private message (one addressed to a person) goes only to a room verified, at send time, to
+hold just the bot and that person, with history later joiners cannot read; else the bot opens
+such a direct chat itself. A message leaves the outbox only once the homeserver has it; its
+transaction id comes from the event or job that queued it, so a repeat is stored once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -18,10 +26,10 @@ from aiohttp import ClientError
 from nio import (
     AsyncClient,
     LocalProtocolError,
+    MatrixRoom,
     OlmUnverifiedDeviceError,
     RoomCreateResponse,
     RoomPreset,
-    RoomSendResponse,
     SendRetryError,
 )
 
@@ -32,16 +40,39 @@ from bot.store import OutboxItem, Store
 
 log = logging.getLogger(__name__)
 
-MAX_SEND_ATTEMPTS = 8  # flushes a message may fail in before it is given up on
-SEND_TRIES = 3  # tries within one flush
+MAX_SEND_ATTEMPTS = 8  # failed tries before a message is given up on
 PERMANENT_ERRORS = {"M_FORBIDDEN", "M_NOT_FOUND", "M_TOO_LARGE", "M_BAD_JSON"}
+RATE_LIMITED = "M_LIMIT_EXCEEDED"
 TRANSPORT_ERRORS = (ClientError, asyncio.TimeoutError, OSError, SendRetryError, LocalProtocolError)
 MEGOLM = "m.megolm.v1.aes-sha2"
+# History a later member can read: never for a private message.
+READABLE_LATER = frozenset({"shared", "world_readable"})
+RETRY_CAP_S = 60.0
 
 
 def encrypted_room_state() -> list[dict[str, Any]]:
     """The initial state that makes a new room encrypted, as Element creates direct chats."""
     return [{"type": "m.room.encryption", "state_key": "", "content": {"algorithm": MEGOLM}}]
+
+
+def private_room_state(encrypted: bool) -> list[dict[str, Any]]:
+    """A direct chat the bot opens: history only for its members since their invite."""
+    visibility = {
+        "type": "m.room.history_visibility",
+        "state_key": "",
+        "content": {"history_visibility": "invited"},
+    }
+    return [visibility, *(encrypted_room_state() if encrypted else [])]
+
+
+def is_private_with(room: MatrixRoom | None, bot_id: str, user_id: str) -> bool:
+    """Whether only the bot and `user_id` are in `room` (joined or invited) and nobody who
+    joins later can read what is said there: never judged from a member count alone."""
+    return (
+        room is not None
+        and set(room.users) == {bot_id, user_id}
+        and room.history_visibility not in READABLE_LATER
+    )
 
 
 class Backoff:
@@ -58,8 +89,18 @@ class Backoff:
         self.failures = 0
 
 
+@dataclass(frozen=True)
+class _Result:
+    """One try at sending: ok, or the Matrix error code and what went wrong."""
+
+    ok: bool
+    errcode: str | None = None
+    why: str = ""
+    retry_after_s: float | None = None
+
+
 class Outbox:
-    """Sends the store's queued messages; what fails stays queued for the next flush."""
+    """Sends the store's queued messages from its own task; what fails stays queued."""
 
     def __init__(
         self,
@@ -70,6 +111,7 @@ class Outbox:
         *,
         encrypt_new_rooms: bool,
         stopping: asyncio.Event,
+        e2e_lock: asyncio.Lock,
     ) -> None:
         self.client = client
         self.store = store
@@ -77,42 +119,205 @@ class Outbox:
         self.trust = trust
         self.encrypt_new_rooms = encrypt_new_rooms
         self._stopping = stopping
+        self._e2e_lock = e2e_lock  # key sharing and the sync's key upkeep take turns
         self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
         self.arrived: dict[str, float] = {}  # reply txn id -> when its command arrived
+        self._rotation: dict[str, None] = {}  # rooms in the order of their next turn
+        self._not_before: dict[str, float] = {}  # room -> when it may try again (failures)
+        # The homeserver limits the account, not a room: after a 429 nobody sends until then.
+        self._paused_until = 0.0
+        self._opening: dict[str, str] = {}  # user -> the direct chat being opened for them
+        self._warned_rate_limited = False
 
-    async def flush(self) -> None:
-        """Sends every queued message, oldest first."""
+    # --- the task -------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Something was queued (or a sync brought rooms): send it now."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Sends whenever woken, and when a rate limit or a retry delay runs out."""
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                delay = await self.flush()
+            except TRANSPORT_ERRORS as exc:
+                log.warning("sending paused: %r", exc)
+                delay = 5.0
+            except Exception:
+                # A bug must not end sending for good: it is logged, and sending goes on.
+                log.exception("sending failed unexpectedly; trying again in 5 s")
+                delay = 5.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+
+    async def flush(self) -> float | None:
+        """Sends what can be sent now, a message per room per turn. Returns the seconds until
+        a delayed room may send again, or None when nothing is waiting for time to pass."""
         async with self._lock:
-            await self._flush()
+            while True:
+                heads = await self._heads(await self.store.outbox())
+                if not heads:
+                    return None
+                now = time.monotonic()
+                if self._paused_until > now:
+                    return self._paused_until - now
+                ready = [r for r in self._turns(heads) if self._not_before.get(r, 0.0) <= now]
+                if not ready:
+                    return max(0.05, min(self._not_before[r] for r in heads) - now)
+                for room_id in ready:
+                    await self._send_one(heads[room_id])
+                    if self._paused_until > time.monotonic():
+                        break  # rate-limited: this room keeps its turn for when it ends
 
-    async def _flush(self) -> None:
-        held_back: set[str] = set()
-        for item in await self.store.outbox():
-            if item.room_id is None and item.to_user is not None:
-                await self._open_direct_chat(item.id, item.to_user)
-                continue  # the new room arrives with the next sync
-            if item.room_id in held_back:
-                continue  # an earlier message to this room failed: keep them in order
-            if item.room_id not in self.client.rooms:
-                # Just joined or created, the next sync brings it; a room the bot has left
-                # never comes, so this counts as a failed attempt too.
-                await self._failed(item, "the bot is not in that room (yet)")
-                continue
-            if await self._send(item):
-                await self.store.outbox_sent(item.id)
-                if item.attempts:
-                    self.metrics.send_retries.inc()
-                arrived = self.arrived.pop(item.txn_id, None)
-                if arrived is not None:
-                    self.metrics.reply_latency.observe(time.monotonic() - arrived)
-                continue
-            self.metrics.send_failures.inc()
-            held_back.add(item.room_id or "")
-            await self._failed(item, "sending failed")
+    def _turns(self, heads: dict[str, OutboxItem]) -> list[str]:
+        """Rooms in round-robin order, those with a reply waiting before the others."""
+        for room_id in heads:
+            self._rotation.setdefault(room_id, None)
+        for room_id in [r for r in self._rotation if r not in heads]:
+            del self._rotation[room_id]
+            self._not_before.pop(room_id, None)
+        return sorted(self._rotation, key=lambda r: heads[r].background)  # stable
 
-    async def _failed(self, item: OutboxItem, why: str) -> None:
+    async def _heads(self, items: Iterable[OutboxItem]) -> dict[str, OutboxItem]:
+        """Each room's next message: its oldest reply, else its oldest follow-up."""
+        heads: dict[str, OutboxItem] = {}
+        for item in items:
+            room_id = await self._room_for(item)
+            if room_id is None:
+                continue
+            if item.room_id != room_id:
+                item = replace(item, room_id=room_id)
+            head = heads.get(room_id)
+            if head is None or (head.background and not item.background):
+                heads[room_id] = item
+        return heads
+
+    # --- where a message goes -------------------------------------------------------------
+
+    async def _room_for(self, item: OutboxItem) -> str | None:
+        """The room to send `item` to now, or None while it must wait."""
+        if item.to_user is None:
+            return item.room_id
+        me = str(self.client.user_id)
+        for candidate in (item.room_id, await self.store.direct_room(item.to_user)):
+            if candidate and is_private_with(self.client.rooms.get(candidate), me, item.to_user):
+                if candidate != item.room_id:
+                    await self.store.outbox_set_room(item.to_user, candidate)
+                return candidate
+        opening = self._opening.get(item.to_user)
+        if opening is not None and opening not in self.client.rooms:
+            return None  # the new direct chat arrives with a sync
+        if item.attempts + 1 >= MAX_SEND_ATTEMPTS:
+            await self._failed(item, "no private room with that person could be made")
+            return None
+        await self.store.outbox_failed(item.id)  # each new room costs the message a try
+        await self._open_direct_chat(item.to_user)
+        return None
+
+    async def _open_direct_chat(self, user_id: str) -> None:
+        """Opens a direct chat only the bot and `user_id` can read (invite-only, history from
+        the invite on, encrypted when the bot encrypts) and records it in m.direct."""
+        try:
+            resp = await self.client.room_create(
+                is_direct=True,
+                invite=[user_id],
+                preset=RoomPreset.trusted_private_chat,
+                initial_state=private_room_state(self.encrypt_new_rooms),
+            )
+        except TRANSPORT_ERRORS as exc:
+            log.warning("could not open a direct chat with %s: %r", user_id, exc)
+            return
+        if not isinstance(resp, RoomCreateResponse):
+            log.warning("could not open a direct chat with %s: %s", user_id, resp)
+            return
+        room_id = str(resp.room_id)
+        self._opening[user_id] = room_id
+        await self.store.set_room_joined(room_id, int(time.time() * 1000))
+        await self.store.outbox_set_room(user_id, room_id)
+        log.info("opened a direct chat", extra={"room": room_id, "sender": user_id})
+        await self._record_direct(user_id, room_id)
+
+    async def _record_direct(self, user_id: str, room_id: str) -> None:
+        """Adds the room to the bot's m.direct account data, as clients do for a DM."""
+        path = f"/user/{quote(str(self.client.user_id))}/account_data/m.direct"
+        try:
+            status, direct = await api(self.client, "GET", path)
+            if status not in (200, 404):
+                raise ClientError(f"HTTP {status}")
+            rooms = [r for r in direct.get(user_id, []) if r != room_id]
+            direct[user_id] = [*rooms, room_id]
+            status, _ = await api(self.client, "PUT", path, direct)
+            if status != 200:
+                raise ClientError(f"HTTP {status}")
+        except TRANSPORT_ERRORS as exc:
+            log.warning("could not record the direct chat in m.direct: %r", exc)
+
+    # --- sending one ----------------------------------------------------------------------
+
+    async def _send_one(self, item: OutboxItem) -> None:
+        assert item.room_id is not None
+        if item.room_id not in self.client.rooms:
+            # Just joined, the next sync brings it; a room the bot has left never comes.
+            await self._retry_later(item, _Result(False, why="the bot is not in that room (yet)"))
+            return
+        try:
+            result = await self._deliver(item)
+        except TRANSPORT_ERRORS as exc:
+            result = _Result(False, why=repr(exc))
+        except OlmUnverifiedDeviceError as exc:
+            # A device nobody judged yet (it appeared between syncs): judge it, try again.
+            await self.trust.query({exc.device.user_id})
+            self._not_before[item.room_id] = time.monotonic() + 1.0
+            return
+        if result.ok:
+            await self.store.outbox_sent(item.id)
+            self._rotation.pop(item.room_id, None)  # to the back of the line
+            self._not_before.pop(item.room_id, None)
+            if item.attempts:
+                self.metrics.send_retries.inc()
+            arrived = self.arrived.pop(item.txn_id, None)
+            if arrived is not None:
+                self.metrics.reply_latency.observe(time.monotonic() - arrived)
+            return
+        if result.errcode == RATE_LIMITED:
+            self._rate_limited(result.retry_after_s or 5.0)
+            return
+        self.metrics.send_failures.inc()
+        if result.errcode in PERMANENT_ERRORS:
+            log.warning("sending failed for good: %s", result.why, extra={"room": item.room_id})
+            await self._failed(item, result.why, attempts=MAX_SEND_ATTEMPTS)
+            return
+        await self._retry_later(item, result)
+
+    def _rate_limited(self, retry_after_s: float) -> None:
+        """Every try during a rate limit counts against it (Synapse): wait it out, all rooms."""
+        self._paused_until = time.monotonic() + retry_after_s
+        if not self._warned_rate_limited:
+            self._warned_rate_limited = True
+            log.warning(
+                "the homeserver rate-limits the bot's account (429): replies slow down when "
+                "many people talk to it. Exempt the bot (Synapse: the admin API's "
+                "override_ratelimit for its user; see the README)"
+            )
+
+    async def _retry_later(self, item: OutboxItem, result: _Result) -> None:
+        assert item.room_id is not None
+        log.warning(
+            "sending failed (attempt %d of %d): %s",
+            item.attempts + 1,
+            MAX_SEND_ATTEMPTS,
+            result.why,
+            extra={"room": item.room_id},
+        )
+        delay = random.uniform(0.5, 1.0) * min(RETRY_CAP_S, 2.0 ** (item.attempts + 1))
+        self._not_before[item.room_id] = time.monotonic() + delay
+        await self._failed(item, result.why)
+
+    async def _failed(self, item: OutboxItem, why: str, attempts: int | None = None) -> None:
         """One more failed attempt; after MAX_SEND_ATTEMPTS the message is given up, loudly."""
-        if item.attempts + 1 < MAX_SEND_ATTEMPTS:
+        if (attempts or item.attempts + 1) < MAX_SEND_ATTEMPTS:
             await self.store.outbox_failed(item.id)
             return
         self.metrics.send_dropped.inc()
@@ -125,83 +330,44 @@ class Outbox:
         )
         await self.store.outbox_sent(item.id)
 
-    async def _open_direct_chat(self, item_id: int, user_id: str) -> None:
-        """Finds the direct chat with `user_id`, or makes one (encrypted, as Element would)."""
-        room_id = await self.store.direct_room(user_id)
-        if room_id is None or room_id not in self.client.rooms:
-            try:
-                resp = await self.client.room_create(
-                    is_direct=True,
-                    invite=[user_id],
-                    preset=RoomPreset.trusted_private_chat,
-                    initial_state=encrypted_room_state() if self.encrypt_new_rooms else [],
-                )
-            except TRANSPORT_ERRORS as exc:
-                log.warning("could not open a direct chat with %s: %r", user_id, exc)
-                return
-            if not isinstance(resp, RoomCreateResponse):
-                log.warning("could not open a direct chat with %s: %s", user_id, resp)
-                return
-            room_id = resp.room_id
-            await self.store.set_room_joined(room_id, int(time.time() * 1000))
-            log.info("opened a direct chat", extra={"room": room_id, "sender": user_id})
-        await self.store.outbox_set_room(item_id, user_id, room_id)
-
-    async def _send(self, item: OutboxItem) -> bool:
-        """Sends one message, retrying transient failures with backoff; rate limits (429) are
-        waited out inside nio as the server's retry_after_ms says. The same transaction id on
-        every attempt lets the homeserver drop a duplicate."""
-        backoff = Backoff(base=0.5, cap=4.0)
-        for attempt in range(1, SEND_TRIES + 1):
-            try:
-                status, error = await self._deliver(item)
-            except TRANSPORT_ERRORS as exc:
-                status, error = None, repr(exc)
-            except OlmUnverifiedDeviceError as exc:
-                # A device nobody judged yet (it appeared between syncs): judge, then retry.
-                await self.trust.query({exc.device.user_id})
-                status, error = None, f"device {exc.device.id} of {exc.device.user_id} was new"
-            if status == "ok":
-                return True
-            if status in PERMANENT_ERRORS:
-                log.warning("sending failed for good: %s", error, extra={"room": item.room_id})
-                return False
-            log.warning(
-                "sending failed (attempt %d of %d): %s",
-                attempt,
-                SEND_TRIES,
-                error,
-                extra={"room": item.room_id},
-            )
-            if attempt < SEND_TRIES and not self._stopping.is_set():
-                await asyncio.sleep(backoff.next_delay())
-        return False
-
-    async def _deliver(self, item: OutboxItem) -> tuple[str | None, str]:
-        """One try: ("ok", "") or (the Matrix error code, what went wrong)."""
+    async def _deliver(self, item: OutboxItem) -> _Result:
+        """One PUT of the message, encrypted when its room is (and the message may be). The
+        homeserver's 429 comes back at once, so that it delays this room only."""
         assert item.room_id is not None
         room = self.client.rooms[item.room_id]
-        if not item.encrypted and room.encrypted:
-            return await self._send_in_the_clear(item)
-        if room.encrypted and (unjudged := self.trust.unjudged_users(room)):
-            await self.trust.query(unjudged)
-        resp = await self.client.room_send(
-            item.room_id,
-            "m.room.message",
-            item.content,
-            tx_id=item.txn_id,
-            # Excluding insecure devices: every device is verified or blacklisted by now, and
-            # one that is neither raises instead of silently getting the room key.
-            ignore_unverified_devices=not self.trust.exclude_insecure,
-        )
-        if isinstance(resp, RoomSendResponse):
-            return "ok", ""
-        return getattr(resp, "status_code", None), f"{getattr(resp, 'message', resp)}"
-
-    async def _send_in_the_clear(self, item: OutboxItem) -> tuple[str | None, str]:
-        """nio encrypts everything in an encrypted room; this one must not be."""
-        path = f"/rooms/{quote(item.room_id or '')}/send/m.room.message/{quote(item.txn_id)}"
-        status, data = await api(self.client, "PUT", path, item.content)
+        event_type, content = "m.room.message", item.content
+        if room.encrypted and item.encrypted:
+            async with self._e2e_lock:
+                event_type, content = await self._encrypt(room, content)
+        path = f"/rooms/{quote(item.room_id)}/send/{quote(event_type)}/{quote(item.txn_id)}"
+        status, data = await api(self.client, "PUT", path, content)
         if status == 200:
-            return "ok", ""
-        return data.get("errcode"), f"{status} {data.get('error', data)}"
+            return _Result(True)
+        retry_ms = data.get("retry_after_ms")
+        return _Result(
+            False,
+            errcode=RATE_LIMITED if status == 429 else data.get("errcode"),
+            why=f"{status} {data.get('error', data)}",
+            retry_after_s=retry_ms / 1000 if isinstance(retry_ms, int | float) else None,
+        )
+
+    async def _encrypt(self, room: MatrixRoom, content: dict[str, Any]) -> tuple[str, Any]:
+        """What nio's room_send does before its PUT: the room key shared with every device
+        that may have it (judged first when excluding insecure devices), then Megolm."""
+        client = self.client
+        assert client.olm is not None
+        if not room.members_synced:
+            await client.joined_members(room.room_id)
+        # Members whose devices are not known yet (the sync that brought them was just now).
+        if client.should_query_keys:
+            await self.trust.query(client.users_for_key_query)
+        if unjudged := self.trust.unjudged_users(room):
+            await self.trust.query(unjudged)
+        if client.olm.should_share_group_session(room.room_id):
+            await client.share_group_session(
+                room.room_id,
+                # Excluding insecure devices every device is verified or blacklisted by now,
+                # and one that is neither raises instead of silently getting the room key.
+                ignore_unverified_devices=not self.trust.exclude_insecure,
+            )
+        return client.encrypt(room.room_id, "m.room.message", content)

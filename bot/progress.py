@@ -73,6 +73,7 @@ class Progress:
     last_activity_at: datetime | None = None
     mentor: str | None = None
     timezone: str | None = None
+    finish_announced_at: datetime | None = None  # when mentors were told of the finish
 
     @property
     def enrolled(self) -> bool:
@@ -192,6 +193,7 @@ def apply(progress: Progress, change: Change, at: datetime | None = None) -> Pro
         last_activity_at=at or progress.last_activity_at,
         mentor=progress.mentor,
         timezone=progress.timezone,
+        finish_announced_at=progress.finish_announced_at,
     )
 
 

@@ -6,6 +6,7 @@ Every piece of text is HTML-escaped on the way in, so nothing a user typed can b
 from __future__ import annotations
 
 import html
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -53,6 +54,26 @@ class Mention:
 
 
 Inline = str | Bold | Code | Link | Mention
+
+ECHO_LIMIT = 40
+# Marks that reorder or hide text: the bidi embeddings, overrides and isolates, and the
+# directional marks. With control characters, they are dropped from anything echoed.
+_BIDI = frozenset(
+    [chr(c) for c in range(0x202A, 0x202F)]
+    + [chr(c) for c in range(0x2066, 0x206A)]
+    + ["\u200e", "\u200f", "\u061c"]
+)
+
+
+def echo(typed: str) -> Code:
+    """What a user typed, repeated in a reply: in code formatting (no link, no preview), without
+    control or bidi characters, at most ECHO_LIMIT characters. The bot's voice must not carry
+    someone's long message, let alone a link or text that reads backwards."""
+    flat = " ".join(typed.split())
+    shown = "".join(c for c in flat if c not in _BIDI and unicodedata.category(c) != "Cc")
+    if len(shown) > ECHO_LIMIT:
+        shown = shown[: ECHO_LIMIT - 1] + "…"
+    return Code(shown)
 
 
 @dataclass(frozen=True)
@@ -266,14 +287,16 @@ def render_candidates(
 ) -> Reply:
     if not candidates:
         return text(
-            f"I don't know a step called “{query}”. Say ",
+            "I don't know a step called ",
+            echo(query),
+            ". Say ",
             Code(f"{prefix}roadmap"),
             " to see every step with its number and id.",
         )
     m = Message()
     if ambiguous:
-        m.line(f"“{query}” could be more than one step; which one did you mean?")
+        m.line(echo(query), " could be more than one step; which one did you mean?")
     else:
-        m.line(f"I don't know a step called “{query}”. The closest are:")
+        m.line("I don't know a step called ", echo(query), ". The closest are:")
     m.bullets([[Code(s.number), f" {s.title} ", Code(f"[{s.id}]")] for s in candidates])
     return m.line("Name it by number or id, e.g. ", Code(candidates[0].number), ".").reply()

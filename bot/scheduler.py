@@ -83,8 +83,8 @@ class Jobs:
             if should_escalate(policy, c):
                 mentors = [c.mentor] if c.mentor else sorted(self.mentors())
                 ops.append(RecordNudge(c.user_id, "escalation", None, "scheduler"))
-                note = escalation_message(c.user_id, step, idle, streak, mentors)
                 for mentor in mentors:
+                    note = escalation_message(c.user_id, step, idle, streak, mentor)
                     messages.append(
                         (
                             job_txn_id(f"{key}/escalate/{mentor}"),

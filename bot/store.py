@@ -20,7 +20,7 @@ from typing import Any, TypeVar, cast
 import aiosqlite
 
 from bot.nudges import Candidate
-from bot.ops import Op, RecordNudge, Send, SetMentor, SetPause, SetTimezone
+from bot.ops import MarkFinishAnnounced, Op, RecordNudge, Send, SetMentor, SetPause, SetTimezone
 from bot.progress import (
     UNDOABLE,
     Action,
@@ -160,8 +160,21 @@ async def _v2(db: aiosqlite.Connection) -> None:
 
 
 async def _v3(db: aiosqlite.Connection) -> None:
-    """A message may go out unencrypted: the notice to a device that cannot get room keys."""
-    await db.execute("ALTER TABLE outbox ADD COLUMN encrypted INTEGER NOT NULL DEFAULT 1")
+    """A message may go out unencrypted (the notice to a device that cannot get room keys) and
+    may wait behind replies (nudges, digests); rooms remember who invited the bot; a
+    newcomer's finish is announced once."""
+    await _script(
+        db,
+        """
+        ALTER TABLE outbox ADD COLUMN encrypted INTEGER NOT NULL DEFAULT 1;
+        ALTER TABLE outbox ADD COLUMN background INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE rooms ADD COLUMN inviter TEXT;
+        CREATE INDEX rooms_by_inviter ON rooms (inviter) WHERE inviter IS NOT NULL;
+        ALTER TABLE newcomers ADD COLUMN finish_announced_at TEXT;
+        -- Who finished before this version was announced then: not again after an !undo.
+        UPDATE newcomers SET finish_announced_at = finished_at WHERE finished_at IS NOT NULL
+        """,
+    )
 
 
 # Applied in order at start; the database's PRAGMA user_version is the count applied so far.
@@ -177,6 +190,7 @@ class OutboxItem:
     attempts: int = 0
     to_user: str | None = None
     encrypted: bool = True  # False: sent in the clear even in an encrypted room
+    background: bool = False  # a nudge or digest: sent after the replies waiting
 
 
 @dataclass(frozen=True)
@@ -420,7 +434,7 @@ class Store:
 
     async def outbox(self) -> list[OutboxItem]:
         rows = await self._all(
-            "SELECT id, txn_id, room_id, to_user, content, attempts, encrypted "
+            "SELECT id, txn_id, room_id, to_user, content, attempts, encrypted, background "
             "FROM outbox ORDER BY id"
         )
         return [
@@ -432,22 +446,21 @@ class Store:
                 r["attempts"],
                 r["to_user"],
                 bool(r["encrypted"]),
+                bool(r["background"]),
             )
             for r in rows
         ]
 
-    async def outbox_set_room(self, item_id: int, user_id: str, room_id: str) -> None:
-        """The direct chat with `user_id` is `room_id`: remember it and address the message."""
+    async def outbox_set_room(self, user_id: str, room_id: str) -> None:
+        """`room_id` is the private room with `user_id`: remember it, and send every message
+        for them there."""
         async with self._transaction() as db:
             await db.execute(
                 "INSERT INTO direct_rooms (user_id, room_id) VALUES (?, ?) "
                 "ON CONFLICT (user_id) DO UPDATE SET room_id = excluded.room_id",
                 (user_id, room_id),
             )
-            await db.execute(
-                "UPDATE outbox SET room_id = ? WHERE to_user = ? AND room_id IS NULL",
-                (room_id, user_id),
-            )
+            await db.execute("UPDATE outbox SET room_id = ? WHERE to_user = ?", (room_id, user_id))
 
     async def outbox_sent(self, item_id: int) -> None:
         async with self._transaction() as db:
@@ -609,13 +622,20 @@ class Store:
         row = await self._one("SELECT joined_at_ms FROM rooms WHERE room_id = ?", (room_id,))
         return row["joined_at_ms"] if row else None
 
-    async def set_room_joined(self, room_id: str, joined_at_ms: int) -> None:
+    async def set_room_joined(
+        self, room_id: str, joined_at_ms: int, inviter: str | None = None
+    ) -> None:
         async with self._transaction() as db:
             await db.execute(
-                "INSERT INTO rooms (room_id, joined_at_ms) VALUES (?, ?) "
+                "INSERT INTO rooms (room_id, joined_at_ms, inviter) VALUES (?, ?, ?) "
                 "ON CONFLICT (room_id) DO UPDATE SET joined_at_ms = excluded.joined_at_ms",
-                (room_id, joined_at_ms),
+                (room_id, joined_at_ms, inviter),
             )
+
+    async def rooms_invited_by(self, inviter: str) -> int:
+        """How many rooms the bot joined on an invite from `inviter`."""
+        row = await self._one("SELECT count(*) AS n FROM rooms WHERE inviter = ?", (inviter,))
+        return int(row["n"]) if row else 0
 
     async def forget_room(self, room_id: str) -> None:
         async with self._transaction() as db:
@@ -653,6 +673,7 @@ def _load_progress(conn: sqlite3.Connection, user_id: str) -> Progress:
         last_activity_at=parse_ts(row["last_activity_at"]),
         mentor=row["mentor"],
         timezone=row["timezone"],
+        finish_announced_at=parse_ts(row["finish_announced_at"]),
     )
 
 
@@ -732,7 +753,12 @@ def _users_of(ops: Iterable[Op]) -> Iterator[str]:
     """The newcomers whose rows these ops write (their cached progress is dropped)."""
     for op in ops:
         match op:
-            case SetMentor(user_id) | SetPause(user_id) | SetTimezone(user_id):
+            case (
+                SetMentor(user_id)
+                | SetPause(user_id)
+                | SetTimezone(user_id)
+                | MarkFinishAnnounced(user_id)
+            ):
                 yield user_id
 
 
@@ -817,6 +843,12 @@ def _apply_op(conn: sqlite3.Connection, op: Op, when: str) -> None:
             )
         case SetTimezone(user_id, timezone):
             conn.execute("UPDATE newcomers SET timezone = ? WHERE user_id = ?", (timezone, user_id))
+        case MarkFinishAnnounced(user_id):
+            conn.execute(
+                "UPDATE newcomers SET finish_announced_at = coalesce(finish_announced_at, ?) "
+                "WHERE user_id = ?",
+                (when, user_id),
+            )
         case RecordNudge(user_id, kind, step_id, actor):
             conn.execute(
                 "INSERT INTO nudges (user_id, kind, step_id, actor, sent_at) "

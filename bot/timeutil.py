@@ -20,22 +20,36 @@ _DURATION = re.compile(r"([+-]?[0-9]+(?:\.[0-9]+)?)([smhdw])", re.IGNORECASE)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _QUIET = re.compile(r"([0-9]{1,2}):([0-9]{2})\s*-\s*([0-9]{1,2}):([0-9]{2})")
 _DAY = timedelta(days=1)
+# Longer is no plan but a typo, and `now + 500000w` would not fit a datetime.
+MAX_DURATION = timedelta(days=365)
+
+
+class BadValue(ValueError):
+    """A value that cannot be used. `problem` says why without repeating the value, so a chat
+    reply can show the value its own (shortened, inert) way; str() is "'value' problem"."""
+
+    def __init__(self, value: str, problem: str) -> None:
+        super().__init__(f"{value!r} {problem}")
+        self.value, self.problem = value, problem
 
 
 def parse_duration(value: str) -> timedelta:
-    """Parse "30s", "45m", "12h", "3d", "1w" or "1.5h" into a positive timedelta."""
+    """Parse "30s", "45m", "12h", "3d", "1w" or "1.5h" into a positive timedelta, at most a year."""
     match = _DURATION.fullmatch(value.strip())
     if match is None:
-        raise ValueError(f"{value!r} is not a duration like 30s, 45m, 12h, 3d or 1w")
+        raise BadValue(value, "is not a duration like 30s, 45m, 12h, 3d or 1w")
     amount = float(match.group(1))
     if amount <= 0:
-        raise ValueError(f"{value!r} must be more than zero, like 30s, 45m, 12h, 3d or 1w")
+        raise BadValue(value, "must be more than zero, like 30s, 45m, 12h, 3d or 1w")
+    too_long = BadValue(value, "is longer than a year (365d), the longest I accept")
     try:
         delta = timedelta(**{_UNITS[match.group(2).lower()]: amount})
     except OverflowError:
-        raise ValueError(f"{value!r} is too long for a duration") from None
+        raise too_long from None
+    if delta > MAX_DURATION:
+        raise too_long
     if delta <= timedelta(0):  # e.g. "0.0000001s" rounds down to nothing
-        raise ValueError(f"{value!r} must be more than zero, like 30s, 45m, 12h, 3d or 1w")
+        raise BadValue(value, "must be more than zero, like 30s, 45m, 12h, 3d or 1w")
     return delta
 
 
@@ -109,13 +123,13 @@ def parse_quiet_hours(value: str | None) -> QuietHours | None:
 
 def parse_timezone(name: str) -> ZoneInfo:
     """Load an IANA time zone such as "Europe/Berlin"."""
-    problem = f"{name!r} is not a time zone like Europe/Berlin"
+    problem = BadValue(name, "is not a time zone like Europe/Berlin")
     if not name or ".." in name or name.startswith("/") or name != name.strip():
-        raise ValueError(problem)
+        raise problem
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise ValueError(problem) from None
+        raise problem from None
 
 
 def _aware(value: datetime, what: str) -> datetime:

@@ -6,9 +6,10 @@ from bot.commands.registry import Arg, ArgKind, CommandSet, Ctx, Outcome, Role
 from bot.nudges import nudge_message, nudge_send, pill
 from bot.ops import RecordNudge, Send, SetMentor
 from bot.progress import NewcomerInfo, current_step, is_finished
-from bot.render import Bold, Code, Message, text
+from bot.render import Bold, Code, Message, echo, text
 from bot.reports import render_history, render_status, render_team
 from bot.roadmap import Roadmap, RoadmapError
+from bot.timeutil import format_duration
 
 commands = CommandSet()
 TEAM_ROWS = 50  # a Matrix event holds 64 KiB; a longer table is unreadable in a chat anyway
@@ -21,7 +22,7 @@ async def _newcomer(ctx: Ctx, user_id: str) -> NewcomerInfo | None:
 
 
 def _not_enrolled(user_id: str) -> Outcome:
-    return Outcome(text(f"{user_id} has not enrolled in the roadmap (yet)."))
+    return Outcome(text(echo(user_id), " has not enrolled in the roadmap (yet)."))
 
 
 @commands.command(
@@ -71,15 +72,32 @@ async def team(ctx: Ctx) -> Outcome:
 
 @commands.command(
     "assign",
-    "pair a mentor (default: you) with a newcomer",
-    args=[Arg("newcomer", ArgKind.USER, required=True), Arg("mentor", ArgKind.USER)],
+    "pair a mentor (default: you) with a newcomer; an admin may --force a non-mentor",
+    args=[
+        Arg("newcomer", ArgKind.USER, required=True),
+        Arg("mentor", ArgKind.USER),
+        Arg("force", ArgKind.FLAG),
+    ],
     role=Role.MENTOR,
     enrolls=False,
 )
-async def assign(ctx: Ctx, newcomer: str, mentor: str | None) -> Outcome:
+async def assign(ctx: Ctx, newcomer: str, mentor: str | None, force: bool) -> Outcome:
     mentor = mentor or ctx.sender
+    if force and ctx.role < Role.ADMIN:
+        return Outcome(text("Only an admin can use --force."), outcome="refused")
     if await _newcomer(ctx, newcomer) is None:
         return _not_enrolled(newcomer)
+    if not force and ctx.role_of(mentor) < Role.MENTOR:
+        # The newcomer would be told to trust whoever was named.
+        return Outcome(
+            text(
+                pill(mentor),
+                " is not a mentor, so I can't pair them with ",
+                pill(newcomer),
+                ". An admin can make them a mentor, or add --force.",
+            ),
+            outcome="refused",
+        )
     note = Message().line("🤝 ", pill(mentor), " is now the mentor of ", pill(newcomer), ".")
     tell = Message().line(
         "🤝 ", pill(mentor), " is your mentor for the roadmap: ask them anything."
@@ -101,8 +119,20 @@ async def nudge(ctx: Ctx, user: str) -> Outcome:
     progress = await ctx.services.store.load_progress(user)
     if is_finished(ctx.roadmap, progress):
         return Outcome(text(f"{user} has finished the roadmap; no nudge needed."))
-    step = current_step(ctx.roadmap, progress)
     policy = ctx.services.policy
+    if info.last_nudged_at is not None:
+        ago = ctx.now - info.last_nudged_at
+        if ago < policy.manual_cooldown:
+            return Outcome(
+                text(
+                    "⏳ ",
+                    pill(user),
+                    f" was already nudged {format_duration(ago)} ago; you can nudge again in "
+                    f"{format_duration(policy.manual_cooldown - ago)}.",
+                ),
+                outcome="refused",
+            )
+    step = current_step(ctx.roadmap, progress)
     idle = policy.idle_time(info.last_activity_at, ctx.now, policy.zone_of(info.timezone))
     content = nudge_message(ctx.roadmap, user, step, idle, ctx.prefix)
     return Outcome(

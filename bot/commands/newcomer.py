@@ -7,7 +7,7 @@ from datetime import timedelta
 from bot import progress as rules
 from bot.commands.registry import Arg, ArgKind, CommandSet, Ctx, Outcome, help_reply
 from bot.nudges import finished_message, pill
-from bot.ops import PAUSED_FOREVER, Send, SetPause, SetTimezone
+from bot.ops import PAUSED_FOREVER, MarkFinishAnnounced, Send, SetPause, SetTimezone
 from bot.progress import Change, State, UndoRefused, current_step, is_finished
 from bot.render import (
     Bold,
@@ -81,12 +81,15 @@ def _finish(ctx: Ctx, step: Step | None, state: State, verb: str) -> Outcome:
     lead = Message().line(f"{verb} ", Bold(f"{step.number} {step.title}"), ".")
     if is_finished(ctx.roadmap, after) and not is_finished(ctx.roadmap, ctx.progress):
         lead.line("That was the last step. Congratulations on finishing the roadmap! 🎉")
+        if ctx.progress.finish_announced_at is not None:
+            return Outcome(lead.reply(), (change,))  # finished again after !undo: told once
         mentor = ctx.progress.mentor
         tell = [mentor] if mentor else sorted(ctx.services.mentors)
         content = finished_message(ctx.sender, ctx.roadmap)
         return Outcome(
             lead.reply(),
             (change,),
+            ops=(MarkFinishAnnounced(ctx.sender),),
             messages=tuple(Send(f"finished-{m}", content, to_user=m) for m in tell),
         )
     lead.line("Next up:")

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 from bot.mentions import Resolved, resolve_users
 from bot.ops import Op, Send
 from bot.progress import Change, Progress
-from bot.render import Code, Message, Reply, render_candidates, text
+from bot.render import Code, Message, Reply, echo, render_candidates, text
 from bot.roadmap import Roadmap, find_step
-from bot.timeutil import parse_duration, parse_timezone
+from bot.timeutil import BadValue, parse_duration, parse_timezone
 
 if TYPE_CHECKING:
     from bot.nudges import NudgePolicy
@@ -39,6 +39,7 @@ class ArgKind(Enum):
     USER = "user"  # an MXID, a mention pill or an unambiguous localpart; one word
     DURATION = "duration"  # 30s, 45m, 12h, 3d, 1w; one word
     TIMEZONE = "timezone"  # Area/City; one word
+    FLAG = "flag"  # --name anywhere in the arguments: True if given
 
 
 ONE_WORD = (ArgKind.DURATION, ArgKind.TIMEZONE)
@@ -51,6 +52,8 @@ class Arg:
     required: bool = False
 
     def usage(self) -> str:
+        if self.kind is ArgKind.FLAG:
+            return f"[--{self.name}]"
         return f"<{self.name}>" if self.required else f"[{self.name}]"
 
 
@@ -78,6 +81,8 @@ class Ctx:
     progress: Progress
     commands: CommandSet
     services: Services
+    # Anyone's role as the dispatcher judges it (config, or power in the team room).
+    role_of: Callable[[str], Role]
     formatted_body: str | None = None
 
 
@@ -197,7 +202,7 @@ def help_reply(commands: CommandSet, role: Role, prefix: str) -> Reply:
 
 def unknown_command_reply(commands: CommandSet, name: str, role: Role, prefix: str) -> Reply:
     close = commands.suggest(name, role)
-    parts: list[Any] = [f"I don't know the command “{prefix}{name}”. "]
+    parts: list[Any] = ["I don't know the command ", echo(f"{prefix}{name}"), ". "]
     if close:
         parts.append("Did you mean ")
         for i, c in enumerate(close):
@@ -231,7 +236,7 @@ async def _resolve_users(cmd: Command, ctx: Ctx, raw_args: str) -> list[Resolved
 
 def _person(found: Resolved) -> str:
     if found.user_id is None:
-        raise UsageError(text(found.problem or "I don't know who that is."))
+        raise UsageError(found.problem or text("I don't know who that is."))
     return found.user_id
 
 
@@ -240,15 +245,29 @@ def _word(arg: Arg, word: str) -> Any:
         if arg.kind is ArgKind.DURATION:
             return parse_duration(word)
         return parse_timezone(word).key
-    except ValueError as exc:
-        raise UsageError(text(str(exc))) from None
+    except BadValue as exc:
+        raise UsageError(text(echo(word), f" {exc.problem}.")) from None
+
+
+def _flags(cmd: Command, raw_args: str) -> tuple[dict[str, bool], str]:
+    """The declared --flags given (wherever written), and the arguments without them."""
+    names = {f"--{a.name}": a.name for a in cmd.args if a.kind is ArgKind.FLAG}
+    if not names:
+        return {}, raw_args
+    words = raw_args.split(" ")
+    given = {names[w.lower()] for w in words if w.lower() in names}
+    rest = " ".join(w for w in words if w.lower() not in names)
+    return {name: name in given for name in names.values()}, rest
 
 
 async def _arguments(cmd: Command, ctx: Ctx, raw_args: str) -> dict[str, Any]:
-    values: dict[str, Any] = {}
+    flags, raw_args = _flags(cmd, raw_args)
+    values: dict[str, Any] = dict(flags)
     users = await _resolve_users(cmd, ctx, raw_args)
     rest = raw_args
     for arg in cmd.args:
+        if arg.kind is ArgKind.FLAG:
+            continue
         if arg.kind is ArgKind.USER:
             # People are named by MXID, pill or localpart, in the order written.
             if users:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +123,7 @@ class BotProcess:
             self.proc.wait()
 
 
-async def open_chat(person: Person, bot_user_id: str, *, encrypted: bool) -> str:
+async def open_chat(person: Person, bot_user_id: str, *, encrypted: bool = False) -> str:
     """The person invites the bot, as from Element (encrypted means a direct chat); returns
     the room once the bot's greeting has arrived and been read."""
     room = await person.create_room(invite=[bot_user_id], encrypted=encrypted, direct=encrypted)
@@ -144,3 +146,13 @@ async def new_bot(
         extra=extra,
         env=env,
     )
+
+
+@contextlib.asynccontextmanager
+async def running(bot: BotProcess) -> AsyncIterator[BotProcess]:
+    """The bot started for the block, and killed after it whatever happens."""
+    await bot.start()
+    try:
+        yield bot
+    finally:
+        bot.kill()

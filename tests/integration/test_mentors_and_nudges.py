@@ -44,6 +44,25 @@ async def direct_chat(person: Person, bot: BotProcess) -> str:
     return room
 
 
+async def private_chat(person: Person, bot: BotProcess) -> str:
+    """The private chat the bot opens itself for mentor answers: a chat the person made (its
+    history readable by later members) does not qualify, so the first private answer comes
+    with a pointer there and an invite to the bot's own."""
+    own = await direct_chat(person, bot)
+    await person.say(own, "!team")
+    assert "sent you the answer in our direct chat" in (await person.reply(own, timeout=30)).body
+    room = await invited_by_bot(person, bot)
+    await person.reply(room, timeout=30)  # the !team answer
+    return room
+
+
+async def invited_by_bot(person: Person, bot: BotProcess) -> str:
+    """Joins the private chat the bot opened to tell the person something; returns it."""
+    room = await person.wait_for_invite(bot.user_id, timeout=30)
+    await person.join(room)
+    return room
+
+
 async def ask(person: Person, room: str, command: str, timeout: float = 30) -> str:
     await person.say(room, command)
     return (await person.reply(room, timeout=timeout)).body
@@ -73,16 +92,20 @@ async def team(
     bot_id = await synapse.register("coach-bot", "coach-password")
     maya = await make_person_module("maya")
     pete = await make_person_module("pete")
-    team_room = await maya.create_room(name="Backend team", invite=[bot_id, pete.user_id])
+    ada = await make_person_module("ada")
+    team_room = await maya.create_room(
+        name="Backend team", invite=[bot_id, pete.user_id, ada.user_id]
+    )
     await pete.join(team_room)
+    await ada.join(team_room)
     levels = await maya.client.room_get_state_event(team_room, "m.room.power_levels")
     content = dict(levels.content)  # type: ignore[union-attr]
-    content["users"] = {**content.get("users", {}), pete.user_id: 50}
+    # Power makes mentors only while a configured admin is in the room with power 100.
+    content["users"] = {**content.get("users", {}), pete.user_id: 50, ada.user_id: 100}
     await maya.client.room_put_state(team_room, "m.room.power_levels", content)
     workdir = tmp_path_factory.mktemp("coach-bot")
     roadmap = workdir / "roadmap.yaml"
     shutil.copy(REPO / "roadmap.yaml", roadmap)
-    ada = await make_person_module("ada")
     bot = BotProcess(
         workdir,
         homeserver=synapse.url,
@@ -108,7 +131,7 @@ async def team(
     await bot.start()
     await maya.wait_for_join(team_room, bot_id, timeout=30)
     await maya.reply(team_room, timeout=30)  # greeting
-    maya_dm = await direct_chat(maya, bot)
+    maya_dm = await private_chat(maya, bot)
     yield Team(bot, maya, maya_dm, pete, team_room, ada, roadmap)
     bot.kill()
 
@@ -138,7 +161,8 @@ async def test_mentor_sees_status_history_and_team_and_assigns(
     assert "1 done, 0 skipped, of 52 steps" in body and "1.2 Basic Internet" in body
 
     assert "is now the mentor of @nick:localhost" in await ask(maya, dm, "!assign nick")
-    told = await nick.reply(room, timeout=30)
+    # Told privately: nick's own chat lets later members read its history.
+    told = await nick.reply(await invited_by_bot(nick, team.bot), timeout=30)
     assert "@maya:localhost is your mentor" in told.body
     assert "Your mentor is @maya:localhost" in await ask(nick, room, "!mentor")
 
@@ -150,7 +174,7 @@ async def test_mentor_sees_status_history_and_team_and_assigns(
     assert "<table>" in (table.formatted_body or "") and "@nick:localhost" in table.body
 
     # A mentor by power level in the team room may use mentor commands too.
-    pete_dm = await direct_chat(team.pete, team.bot)
+    pete_dm = await private_chat(team.pete, team.bot)
     assert "@nick:localhost" in await ask(team.pete, pete_dm, "!team")
 
 
@@ -172,37 +196,43 @@ async def test_nudges_reach_idle_newcomers_once_and_escalate(
     paul_dm = await direct_chat(paul, team.bot)
     await ask(nell, nell_dm, "!start")
     assert "is now the mentor of" in await ask(team.maya, team.maya_dm, "!assign nell")
-    await nell.reply(nell_dm, timeout=30)  # "maya is your mentor"
+    # Nell's own chat lets later members read its history: what the bot tells her alone
+    # (her mentor, her nudges) goes to a private chat it opens for her.
+    nell_private = await invited_by_bot(nell, team.bot)
+    await nell.reply(nell_private, timeout=30)  # "maya is your mentor"
     await ask(paul, paul_dm, "!start")
     assert "paused" in await ask(paul, paul_dm, "!pause")
     idle_since = time.monotonic()
 
     await asyncio.sleep(max(0.0, idle_since + IDLE_AFTER + 0.5 - time.monotonic()))
     fire(team.bot)
-    nudge = await nell.reply(nell_dm, timeout=30)
+    nudge = await nell.reply(nell_private, timeout=30)
+    assert nudge.msgtype == "m.text"
     assert "1.1 Bash/Terminal" in nudge.body and "goodreads.com" in nudge.body
     assert nudge.content["m.mentions"] == {"user_ids": [nell.user_id]}
     nudged_at = time.monotonic()
 
     # Fired again at once, and across a restart: nobody is nudged twice within idle_after.
     fire(team.bot)
-    await nell.no_more_replies(nell_dm, wait=1.0)
+    await nell.no_more_replies(nell_private, wait=1.0)
     assert await team.bot.stop() == 0
     await team.bot.start()
     fire(team.bot)
     assert time.monotonic() - nudged_at < IDLE_AFTER, "the restart took too long for this check"
-    await nell.no_more_replies(nell_dm, wait=1.0)
+    await nell.no_more_replies(nell_private, wait=1.0)
+    await nell.no_more_replies(nell_dm, wait=0.1)
     await paul.no_more_replies(paul_dm, wait=0.1)
 
     # Still idle after another idle_after: the second nudge in a row reaches the mentor too.
     await asyncio.sleep(max(0.0, nudged_at + IDLE_AFTER + 0.5 - time.monotonic()))
     fire(team.bot)
-    second = await nell.reply(nell_dm, timeout=30)
+    second = await nell.reply(nell_private, timeout=30)
     assert second.content["m.mentions"] == {"user_ids": [nell.user_id]}
     # Other newcomers of this module are idle too; find the mentor's note about nell.
     escalation = await reply_about(team.maya, team.maya_dm, "@nell:localhost has been idle")
     assert "2 nudges" in escalation
     await paul.no_more_replies(paul_dm, wait=0.5)
+    assert not paul.client.invited_rooms, "paused, paul was nudged in a chat of his own"
 
     # The mentor's view shows the unanswered nudges; activity clears them.
     await team.maya.say(team.maya_dm, "!status @nell:localhost")

@@ -196,7 +196,7 @@ async def test_invites_from_servers_not_allowed_are_declined(
     try:
         tom = await make_person("tom")
         room = await tom.create_room(invite=[user_id])
-        await strict.wait_for_log("rejecting an invite", timeout=30)
+        await strict.wait_for_log("declining an invite", timeout=30)
         deadline = asyncio.get_running_loop().time() + 30
         members = tom.client.rooms[room]
         while user_id in members.invited_users and asyncio.get_running_loop().time() < deadline:

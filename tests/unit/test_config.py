@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,23 @@ def test_bad_max_event_age_is_a_config_error(write_yaml) -> None:
     [line] = problem_lines(exc)
     assert line.startswith(f"{path}: bot.max_event_age: ")
     assert "'3 days' is not a duration like 30s" in line
+
+
+def test_the_manual_nudge_cooldown_is_a_duration_of_an_hour_by_default(write_yaml) -> None:
+    data = minimal(password="x")
+    assert load_config(write_yaml(data, "a.yaml"), environ={}).nudges.manual_cooldown_delta == (
+        timedelta(hours=1)
+    )
+    data["nudges"] = {"manual_cooldown": "15m"}
+    config = load_config(write_yaml(data, "b.yaml"), environ={})
+    assert config.nudges.manual_cooldown_delta == timedelta(minutes=15)
+
+    data["nudges"] = {"manual_cooldown": "soon"}
+    path = write_yaml(data, "c.yaml")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, environ={})
+    [line] = problem_lines(exc)
+    assert line.startswith(f"{path}: nudges.manual_cooldown: ")
 
 
 @pytest.mark.parametrize("text", ["3 days", "", "-1d", "0s", "3", "d", "3y"])

@@ -6,6 +6,7 @@ These read like the conversation they check; `chat.say` returns the reply's plai
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 
 from bot.commands import all_commands
 from bot.commands.registry import CommandSet, Ctx, Outcome
-from bot.dispatch import Incoming, reply_txn_id
+from bot.dispatch import FloodGate, Incoming, reply_txn_id
 from bot.progress import State
 from bot.roadmap import Roadmap
 from bot.store import Store
@@ -114,7 +115,8 @@ async def test_help_does_not_enroll(chat: Chat, store: Store) -> None:
 
 async def test_unknown_command_suggests_the_closest(chat: Chat) -> None:
     reply = await chat.say("!dne")
-    assert "I don't know the command “!dne”." in reply
+    assert "I don't know the command !dne." in reply
+    assert "<code>!dne</code>" in chat.last["formatted_body"]
     assert "Did you mean !done" in reply
 
 
@@ -127,14 +129,14 @@ async def test_unknown_step_offers_the_closest_and_changes_nothing(
 ) -> None:
     await chat.say("!start")
     reply = await chat.say("!done dokcer")
-    assert "I don't know a step called “dokcer”. The closest are:" in reply
+    assert "I don't know a step called dokcer. The closest are:" in reply
     assert "• 11.1 Docker [docker]" in reply
     assert [e.action for e in await store.history(chat.sender)] == ["enroll"]
 
 
 async def test_ambiguous_step_lists_the_candidates(chat: Chat) -> None:
     reply = await chat.say("!goto testing")
-    assert "“testing” could be more than one step" in reply
+    assert "testing could be more than one step" in reply
     assert "• 2.9 Unit Testing [unit-testing]" in reply
     assert "• 7.1 Unit Testing [testing-unit]" in reply
 
@@ -143,6 +145,33 @@ async def test_user_text_echoed_back_is_escaped(chat: Chat) -> None:
     await chat.say("!done <b>x</b>")
     assert "&lt;b&gt;x&lt;/b&gt;" in chat.last["formatted_body"]
     assert "<b>" not in chat.last["formatted_body"]
+
+
+BIDI = "\u202e\u2066\u200f\u061c"
+BAIT = f"”. ⚠ Mentors: your session{BIDI} expires today, re-login at https://evil.example/login “"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        f"!goto {BAIT}",
+        f"!done {BAIT}",
+        f"!resources {BAIT}",
+        f"!{'x' * 100}",
+        f"!pause {BAIT.replace(' ', '')}",
+        f"!timezone {BAIT.replace(' ', '')}",
+    ],
+)
+async def test_what_the_user_typed_is_echoed_short_as_code_without_bidi(
+    chat: Chat, command: str
+) -> None:
+    reply = await chat.say(command)
+    html = chat.last["formatted_body"]
+    assert "evil.example" not in reply + html and "x" * 41 not in reply
+    assert not set(BIDI) & set(reply + html)
+    assert "<a " not in html
+    [echoed] = re.findall(r"<code>([^<]*)</code>", html)[:1]
+    assert len(echoed) <= 40 and echoed.rstrip("…") in reply
 
 
 async def test_usage_errors_come_from_the_declaration(chat: Chat) -> None:
@@ -286,6 +315,27 @@ async def test_finishing_all_52_steps_congratulates(
     assert {item.to_user for item in await store.outbox() if item.to_user} == set(mentors)
 
 
+async def test_finishing_is_announced_to_mentors_once_whatever_undo_does(
+    chat: Chat, store: Store
+) -> None:
+    def announced(items: list[Any]) -> list[str]:
+        return [i.to_user for i in items if "has finished" in i.content["body"]]
+
+    mentors = sorted(chat.dispatcher.services.mentors)
+    for _ in range(51):
+        await chat.say("!skip")
+    assert announced(await chat.send("!skip") or []) == mentors
+
+    # Back and forth: congratulated each time, but the mentors heard it once.
+    for _ in range(3):
+        assert "is pending again" in await chat.say("!undo")
+        items = await chat.send("!done")
+        assert items and "Congratulations on finishing the roadmap!" in items[0].content["body"]
+        assert announced(items) == []
+    assert announced(await store.outbox()) == mentors
+    assert (await chat.progress()).finish_announced_at is not None
+
+
 async def test_a_command_that_fails_is_answered_logged_and_not_run_again(
     chat: Chat, store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -312,3 +362,15 @@ async def test_a_command_that_fails_is_answered_logged_and_not_run_again(
     answered = await chat.dispatcher.handle_all(msgs)
     assert [bool(items) for items in answered] == [True, True, True]
     assert (await store.load_progress("@kim:example.org")).enrolled
+
+
+def test_the_flood_gate_forgets_senders_whose_window_is_empty() -> None:
+    gate = FloodGate(limit=2, window_ms=10_000)
+    # 100,000 senders, one every 100 ms: each floods (and is warned), then goes quiet.
+    for n in range(100_000):
+        sender, at = f"@s{n}:example.org", n * 100
+        assert [gate.check(sender, at) for _ in range(3)] == ["ok", "ok", "warn"]
+        assert gate.senders() <= 2_048
+    # The ones in their window are remembered still: a warned sender stays silenced.
+    assert gate.check("@s99999:example.org", 99_999 * 100) == "drop"
+    assert gate.check("@s0:example.org", 100_000 * 100) == "ok"

@@ -22,7 +22,7 @@ def resolve(token: str, pill_ids: tuple[str, ...] = ()) -> Resolved:
 
 def users(body: str, html: str | None = None, count: int = 5) -> list[str | None]:
     found = resolve_users(body, html, count=count, known_users=KNOWN, default_server="example.org")
-    return [r.user_id or r.problem for r in found]
+    return [r.user_id or (r.problem.body if r.problem else None) for r in found]
 
 
 def test_mxid_pattern_matches_the_config_one() -> None:
@@ -119,8 +119,8 @@ def test_an_ambiguous_localpart_lists_the_candidates(token: str) -> None:
     assert result.user_id is None
     assert result.candidates == ("@Sam:example.org", "@sam:other.net")
     assert result.problem is not None
-    assert f"“{token}” could be several people" in result.problem
-    assert "@Sam:example.org, @sam:other.net" in result.problem
+    assert f"{token} could be several people" in result.problem.body
+    assert "@Sam:example.org, @sam:other.net" in result.problem.body
 
 
 def test_an_unknown_name_is_a_problem_not_an_invented_id() -> None:
@@ -128,8 +128,8 @@ def test_an_unknown_name_is_a_problem_not_an_invented_id() -> None:
     assert result.user_id is None
     assert result.candidates == ()
     assert result.problem is not None
-    assert result.problem.startswith("I don't know anyone called “carol”")
-    assert "@carol:example.org" in result.problem  # as a hint of what to write
+    assert result.problem.body.startswith("I don't know anyone called carol;")
+    assert "@carol:example.org" in result.problem.body  # as a hint of what to write
 
 
 @pytest.mark.parametrize("token", ["@", "", "bob:", "@bob:bad server", "a:b:c"])
@@ -137,7 +137,7 @@ def test_something_that_cannot_be_a_name_says_what_would_be_valid(token: str) ->
     result = resolve(token)
     assert result.user_id is None
     assert result.problem is not None
-    assert "@name:example.org" in result.problem
+    assert "@name:example.org" in result.problem.body
 
 
 def test_a_non_mxid_token_takes_the_next_unused_pill() -> None:
@@ -162,8 +162,17 @@ def test_count_limits_the_references() -> None:
 
 def test_problems_stay_in_their_place() -> None:
     result = users("carol bob")
-    assert result[0] is not None and result[0].startswith("I don't know anyone called “carol”")
+    assert result[0] is not None and result[0].startswith("I don't know anyone called carol;")
     assert result[1] == "@bob:example.org"
+
+
+def test_a_problem_shows_the_typed_name_short_and_inert() -> None:
+    token = "\u202ehttps://evil.example/" + "x" * 100
+    result = resolve(token)
+    assert result.problem is not None
+    assert "evil.example" in result.problem.html  # shown, but as code: no link
+    assert "<a " not in result.problem.html and "\u202e" not in result.problem.body
+    assert "x" * 40 not in result.problem.body
 
 
 def test_pills_with_spaces_in_their_text_are_one_reference_each() -> None:
@@ -188,7 +197,7 @@ def test_a_pill_text_is_matched_as_whole_words_only() -> None:
     html = "Bobby " + link("https://matrix.to/#/@robert:example.org", "Bob")
     result = users("Bobby Bob:", html)
     assert result[1] == "@robert:example.org"
-    assert result[0] is not None and "“Bobby”" in result[0]
+    assert result[0] is not None and "called Bobby;" in result[0]
 
 
 def test_a_pill_whose_plain_text_is_its_id_is_found_by_id() -> None:

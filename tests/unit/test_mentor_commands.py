@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -151,13 +152,57 @@ async def test_assign_by_localpart_pairs_the_sender_and_tells_the_newcomer(bot: 
 
 async def test_assign_by_full_ids_names_another_mentor(bot: Bot) -> None:
     await bot.say(NINA, "!start")
-    coach = "@coach:example.org"
 
-    reply = await bot.say(MENTOR, f"!assign {NINA} {coach}")
+    reply = await bot.say(MENTOR, f"!assign {NINA} {ADMIN}")  # an admin is a mentor too
 
-    assert reply == f"🤝 {coach} is now the mentor of {NINA}."
+    assert reply == f"🤝 {ADMIN} is now the mentor of {NINA}."
     nina = await bot.info(NINA)
-    assert nina is not None and nina.mentor == coach
+    assert nina is not None and nina.mentor == ADMIN
+
+
+async def test_assign_names_a_mentor_found_by_power_level(bot: Bot) -> None:
+    coach = "@coach:example.org"
+    people = bot.dispatcher.people
+    bot.dispatcher.people = replace(people, power_level=lambda u: 50 if u == coach else 0)
+    await bot.say(NINA, "!start")
+
+    assert await bot.say(MENTOR, f"!assign {NINA} {coach}") == (
+        f"🤝 {coach} is now the mentor of {NINA}."
+    )
+
+
+async def test_assign_refuses_someone_who_is_no_mentor(bot: Bot) -> None:
+    await bot.say(NINA, "!start")
+    await bot.say(NEWBIE, "!start")
+
+    items = await bot.send(MENTOR, f"!assign {NINA} {NEWBIE}")
+
+    assert [i.content["body"] for i in items] == [
+        f"{NEWBIE} is not a mentor, so I can't pair them with {NINA}. "
+        "An admin can make them a mentor, or add --force."
+    ]
+    nina = await bot.info(NINA)
+    assert nina is not None and nina.mentor is None
+
+
+async def test_only_an_admin_may_force_an_assignment(bot: Bot) -> None:
+    await bot.say(NINA, "!start")
+    outsider = "@outsider:example.org"
+
+    reply = await bot.say(MENTOR, f"!assign {NINA} {outsider} --force")
+    assert reply == "Only an admin can use --force."
+    nina = await bot.info(NINA)
+    assert nina is not None and nina.mentor is None
+
+    reply, tell = await bot.send(ADMIN, f"!assign {NINA} {outsider} --force")
+    assert reply.content["body"] == f"🤝 {outsider} is now the mentor of {NINA}."
+    assert tell.to_user == NINA
+    nina = await bot.info(NINA)
+    assert nina is not None and nina.mentor == outsider
+
+
+async def test_assign_usage_names_the_flag(bot: Bot) -> None:
+    assert "!assign <newcomer> [mentor] [--force]" in await bot.say(MENTOR, "!help")
 
 
 async def test_assign_by_a_pill_settles_a_name_shared_by_two_people(bot: Bot) -> None:
@@ -184,7 +229,7 @@ async def test_assign_an_ambiguous_localpart_asks_for_the_full_id(bot: Bot) -> N
     items = await bot.send(MENTOR, "!assign sam")
 
     assert [i.content["body"] for i in items] == [
-        "“sam” could be several people: @sam:a.org, @sam:b.org; write the full id"
+        "sam could be several people: @sam:a.org, @sam:b.org; write the full id."
     ]
     for sam in ("@sam:a.org", "@sam:b.org"):
         info = await bot.info(sam)
@@ -194,7 +239,7 @@ async def test_assign_an_ambiguous_localpart_asks_for_the_full_id(bot: Bot) -> N
 async def test_assign_someone_unknown_or_not_enrolled(bot: Bot) -> None:
     reply = await bot.say(MENTOR, "!assign ghost")
     assert reply == (
-        "I don't know anyone called “ghost”; if you mean @ghost:example.org, write the full id"
+        "I don't know anyone called ghost; if you mean @ghost:example.org, write the full id."
     )
     reply = await bot.say(MENTOR, "!assign @ghost:example.org")
     assert reply == "@ghost:example.org has not enrolled in the roadmap (yet)."
@@ -210,7 +255,8 @@ async def test_status_in_a_shared_room_is_answered_privately(bot: Bot) -> None:
 
     assert note.room_id == TEAM_ROOM
     assert note.content["body"] == (
-        "I've sent you the answer in our direct chat, where only you can read it."
+        "I've sent you the answer in our direct chat, where only you can read it "
+        "(if you're not in it yet, I've invited you)."
     )
     assert note.to_user is None
     assert (answer.to_user, answer.room_id) == (MENTOR, None)
@@ -282,13 +328,45 @@ async def test_nudge_now_sends_the_newcomer_a_mention_and_counts_it(bot: Bot) ->
     reply, nudge = await bot.send(MENTOR, f"!nudge {NINA}")
 
     assert reply.content["body"] == f"📣 Nudged {NINA}."
+    assert (reply.content["msgtype"], reply.content["m.mentions"]) == ("m.notice", {})
     assert nudge.to_user == NINA
-    assert nudge.content["m.mentions"] == {"user_ids": [NINA]}
+    assert (nudge.content["msgtype"], nudge.content["m.mentions"]) == (
+        "m.text",
+        {"user_ids": [NINA]},
+    )
     assert "You are on 1.1 Bash/Terminal." in nudge.content["body"]
     nina = await bot.info(NINA)
     assert nina is not None
     assert (nina.nudges_in_row, nina.nudges_total) == (1, 1)
     assert nina.last_activity_at == MONDAY  # a mentor's command is not her activity
+
+
+async def test_a_second_nudge_within_the_cooldown_is_refused(bot: Bot) -> None:
+    await bot.say(NINA, "!start")
+    await bot.send(MENTOR, f"!nudge {NINA}")
+
+    bot.now += timedelta(minutes=12)
+    items = await bot.send(MENTOR, f"!nudge {NINA}")
+
+    assert [i.content["body"] for i in items] == [
+        f"⏳ {NINA} was already nudged 12 min ago; you can nudge again in 48 min."
+    ]
+    nina = await bot.info(NINA)
+    assert nina is not None and (nina.nudges_in_row, nina.nudges_total) == (1, 1)
+
+    bot.now += timedelta(minutes=48)  # the default cooldown, an hour, has passed
+    reply, nudge = await bot.send(MENTOR, f"!nudge {NINA}")
+    assert reply.content["body"] == f"📣 Nudged {NINA}."
+    nina = await bot.info(NINA)
+    assert nina is not None and nina.nudges_total == 2
+
+
+async def test_the_nudge_cooldown_comes_from_the_policy(bot: Bot) -> None:
+    bot.dispatcher.services.policy = replace(POLICY, manual_cooldown=timedelta(minutes=5))
+    await bot.say(NINA, "!start")
+    await bot.send(MENTOR, f"!nudge {NINA}")
+    bot.now += timedelta(minutes=5)
+    assert await bot.say(MENTOR, f"!nudge {NINA}") == f"📣 Nudged {NINA}."
 
 
 # --- !reload -----------------------------------------------------------------------------
@@ -412,9 +490,23 @@ async def test_pause_without_a_duration_lasts_until_resume(bot: Bot) -> None:
 async def test_pause_with_a_nonsense_duration_is_refused(bot: Bot) -> None:
     await bot.say(NINA, "!start")
     reply = await bot.say(NINA, "!pause soon")
-    assert "'soon' is not a duration like 30s, 45m, 12h, 3d or 1w" in reply
+    assert reply == "soon is not a duration like 30s, 45m, 12h, 3d or 1w."
     nina = await bot.info(NINA)
     assert nina is not None and nina.paused_until is None
+
+
+async def test_pause_for_longer_than_a_year_is_refused_clearly(
+    bot: Bot, caplog: pytest.LogCaptureFixture
+) -> None:
+    await bot.say(NINA, "!start")
+
+    reply = await bot.say(NINA, "!pause 500000w")
+
+    assert reply == "500000w is longer than a year (365d), the longest I accept."
+    assert "Traceback" not in caplog.text and "OverflowError" not in caplog.text
+    nina = await bot.info(NINA)
+    assert nina is not None and nina.paused_until is None
+    assert (await bot.say(NINA, "!pause 52w")).startswith("⏸ Reminders paused for 52 weeks.")
 
 
 async def test_timezone_is_set_shown_and_checked(bot: Bot) -> None:
@@ -433,7 +525,7 @@ async def test_timezone_is_set_shown_and_checked(bot: Bot) -> None:
     assert (await bot.say(NINA, "!tz")).startswith("Your time zone is Europe/Berlin. ")
 
     assert await bot.say(NINA, "!timezone Mars/Base") == (
-        "'Mars/Base' is not a time zone like Europe/Berlin"
+        "Mars/Base is not a time zone like Europe/Berlin."
     )
     nina = await bot.info(NINA)
     assert nina is not None and nina.timezone == "Europe/Berlin"

@@ -446,6 +446,7 @@ async def test_escalation_goes_to_the_assigned_mentor_once_per_streak(
     second = await sweep_at(jobs, clock, at(4, 10), store)
     assert addressed(second) == [("nudge", user), ("escalation", MENTOR)]
     escalation = second[1].content
+    assert escalation["msgtype"] == second[0].content["msgtype"] == "m.text"
     assert escalation["m.mentions"] == {"user_ids": [MENTOR]}
     assert f"{user} has been idle for" in escalation["body"]
     assert "has not answered 2 nudges" in escalation["body"]
@@ -477,7 +478,11 @@ async def test_escalation_without_an_assigned_mentor_goes_to_every_mentor(
         ("escalation", "@adam:x.org"),
         ("escalation", "@zoe:x.org"),
     ]
-    assert items[1].content["m.mentions"] == {"user_ids": ["@adam:x.org", "@zoe:x.org"]}
+    # Each mentor's note notifies that mentor only.
+    assert [i.content["m.mentions"] for i in items[1:]] == [
+        {"user_ids": ["@adam:x.org"]},
+        {"user_ids": ["@zoe:x.org"]},
+    ]
 
 
 async def test_team_target_nudges_in_the_team_room_but_escalates_privately(

@@ -18,6 +18,7 @@ from bot.nudges import (
     attention_reasons,
     due,
     escalation_message,
+    finished_message,
     nudge_message,
     select,
 )
@@ -239,6 +240,8 @@ def test_a_nudge_mentions_only_the_newcomer_and_names_their_step(roadmap: Roadma
     assert step is not None
     content = nudge_message(roadmap, NEWCOMER, step, timedelta(days=3, hours=2), "!")
 
+    # m.text: Synapse's default push rules silence every m.notice, mentions or not.
+    assert content["msgtype"] == "m.text"
     assert content["m.mentions"] == {"user_ids": [NEWCOMER]}
     body, html = str(content["body"]), str(content["formatted_body"])
     assert body.startswith(f"Hi {NEWCOMER}, it has been 3 days of working time")
@@ -264,14 +267,20 @@ def test_a_nudge_without_a_step_or_links_still_reads_well(roadmap: Roadmap) -> N
     assert "A good way back in" not in body
 
 
-def test_an_escalation_mentions_the_mentors_not_the_newcomer(roadmap: Roadmap) -> None:
+def test_an_escalation_notifies_its_mentor_not_the_newcomer(roadmap: Roadmap) -> None:
     step = roadmap.get("docker")
-    mentors = ["@a:example.org", "@b:example.org"]
-    content = escalation_message(NEWCOMER, step, timedelta(days=4), 3, mentors)
+    content = escalation_message(NEWCOMER, step, timedelta(days=4), 3, MENTOR)
 
-    assert content["m.mentions"] == {"user_ids": mentors}
+    assert content["msgtype"] == "m.text"
+    assert content["m.mentions"] == {"user_ids": [MENTOR]}
     body = str(content["body"])
     assert body.startswith(
         f"{NEWCOMER} has been idle for 4 days of working time and has not answered 3 nudges."
     )
     assert "Current step: 11.1 Docker." in body
+
+
+def test_a_finished_note_is_a_quiet_notice(roadmap: Roadmap) -> None:
+    content = finished_message(NEWCOMER, roadmap)
+    assert content["msgtype"] == "m.notice"
+    assert content["m.mentions"] == {}

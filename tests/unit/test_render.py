@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from bot.progress import Progress, State
 from bot.render import (
     Bold,
     Code,
     Link,
     Message,
+    echo,
     render_candidates,
     render_current,
     render_progress,
@@ -29,9 +32,32 @@ def test_user_text_is_escaped_in_html() -> None:
 
 def test_unknown_step_reply_escapes_the_query() -> None:
     reply = render_candidates("<b>x</b>", [], ambiguous=False, prefix="!")
-    assert "&lt;b&gt;x&lt;/b&gt;" in reply.html
+    assert "<code>&lt;b&gt;x&lt;/b&gt;</code>" in reply.html
     assert "<b>" not in reply.html
-    assert "“<b>x</b>”" in reply.body
+    assert "called <b>x</b>." in reply.body
+
+
+def test_echo_is_short_code_without_controls_or_bidi_overrides() -> None:
+    typed = (
+        "\u202e”. \u26a0 Mentors:\x07 your\u2066 session\u200f expires, re-login at "
+        "https://evil.example/login\u061c\u2069\n“"
+    )
+    shown = echo(typed)
+    assert isinstance(shown, Code)
+    assert len(shown.text) <= 40
+    assert shown.text == "”. \u26a0 Mentors: your session expires, re-…"
+    hidden = {chr(c) for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F]}
+    assert not hidden & set(shown.text)
+    reply = text("You said ", shown)
+    assert "<code>" in reply.html and "<a " not in reply.html
+
+
+@pytest.mark.parametrize(
+    ("typed", "shown"),
+    [("dokcer", "dokcer"), ("x" * 40, "x" * 40), ("x" * 41, "x" * 39 + "…"), ("a\tb", "a b")],
+)
+def test_echo_keeps_short_text_as_typed(typed: str, shown: str) -> None:
+    assert echo(typed) == Code(shown)
 
 
 def test_bold_and_code_are_escaped_inside_their_tags() -> None:

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import pytest
 
+from bot import progress as rules
 from bot import store as store_module
+from bot.ops import MarkFinishAnnounced
+from bot.progress import Progress
+from bot.roadmap import Roadmap
 from bot.store import MIGRATIONS, Store
 
 
@@ -93,3 +99,33 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="newer than this bot understands") as exc:
         await Store.open(path)
     assert str(path) in str(exc.value)
+
+
+async def test_a_finish_is_marked_announced_once_in_cache_and_database(
+    tmp_path: Path, roadmap: Roadmap
+) -> None:
+    user, start = "@newbie:example.org", datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    store = await Store.open(tmp_path / "bot.db")
+    enroll = rules.enroll(roadmap, Progress(user))
+    assert enroll is not None
+
+    async def command(n: int, **kw: Any) -> None:
+        at = start + timedelta(minutes=n)
+        await store.commit_command(
+            event_id=f"${n}", room_id="!r:x.org", sender=user, messages=[], at=at, **kw
+        )
+
+    await command(0, changes=[enroll])
+    assert (await store.load_progress(user)).finish_announced_at is None  # now cached
+    await command(1, changes=[], ops=[MarkFinishAnnounced(user)])
+    assert (await store.load_progress(user)).finish_announced_at == start + timedelta(minutes=1)
+    await command(2, changes=[], ops=[MarkFinishAnnounced(user)])  # the first time stays
+    cached = await store.load_progress(user)
+    assert cached.finish_announced_at == start + timedelta(minutes=1)
+    await store.close()
+
+    reopened = await Store.open(tmp_path / "bot.db")
+    try:
+        assert await reopened.load_progress(user) == cached
+    finally:
+        await reopened.close()

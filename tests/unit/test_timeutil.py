@@ -80,8 +80,21 @@ def test_parse_duration_rejects_zero_and_negative(text: str) -> None:
 
 
 def test_parse_duration_rejects_absurdly_long_values_as_value_error() -> None:
-    with pytest.raises(ValueError, match="too long"):
+    with pytest.raises(ValueError, match="longer than a year"):
         parse_duration("99999999999w")
+
+
+@pytest.mark.parametrize("text", ["53w", "366d", "500000w", "8785h"])
+def test_parse_duration_is_capped_at_a_year(text: str) -> None:
+    # 500000w still fits a timedelta, but now + it does not fit a datetime (OverflowError).
+    with pytest.raises(ValueError) as error:
+        parse_duration(text)
+    assert str(error.value) == f"{text!r} is longer than a year (365d), the longest I accept"
+
+
+@pytest.mark.parametrize(("text", "days"), [("52w", 364), ("365d", 365), ("8760h", 365)])
+def test_parse_duration_accepts_up_to_a_year(text: str, days: int) -> None:
+    assert parse_duration(text) == timedelta(days=days)
 
 
 @pytest.mark.parametrize(
