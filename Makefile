@@ -33,8 +33,19 @@ tests/element/node_modules/.installed: tests/element/package-lock.json
 	npm ci --prefix tests/element --no-audit --no-fund
 	touch $@
 
-test: lint tests/element/node_modules/.installed
-	$(PY) -m pytest -q -p no:cacheprovider
+# The container tests build and run the image with podman (Debian's), runc and mmdebstrap;
+# podman-compose comes from PyPI with the test extra.
+CONTAINER_TOOLS := podman runc mmdebstrap uidmap
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+.PHONY: container-tools
+container-tools:
+	@command -v podman >/dev/null && command -v mmdebstrap >/dev/null \
+	  && command -v runc >/dev/null \
+	  || { $(SUDO) apt-get update -qq \
+	       && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(CONTAINER_TOOLS); }
+
+test: lint tests/element/node_modules/.installed container-tools
+	CONTAINERS_CONF=$(CURDIR)/tests/containers/containers.conf $(PY) -m pytest -q -p no:cacheprovider
 
 # A throw-away local Synapse, the bot, and a terminal chat with it as @newcomer:localhost.
 .PHONY: demo
@@ -46,6 +57,13 @@ $(VENV)/.installed-demo: pyproject.toml
 
 demo: $(VENV)/.installed-demo
 	$(PY) -m bot demo
+
+# The container image, with podman or docker (deploy/build-image.sh says how it copes without a
+# registry). IMAGE=name:tag to choose its name.
+.PHONY: image
+IMAGE ?= onboarding-bot:local
+image:
+	IMAGE=$(IMAGE) deploy/build-image.sh
 
 # Benchmarks (bench/): tables and ratios, no assertions. `$(PY) -m bench --quick` for a short run.
 .PHONY: bench

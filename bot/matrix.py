@@ -222,11 +222,16 @@ class MatrixBot:
                 await self._answer_invite(room_id, inviter)
             except TRANSPORT_ERRORS as exc:
                 log.warning("could not answer an invite: %r", exc, extra={"room": room_id})
+            except Exception:
+                # A bug must not end the answering of invites for good: logged, and on.
+                log.exception("answering an invite failed", extra={"room": room_id})
 
     async def _answer_invite(self, room_id: str, inviter: str) -> None:
         """Joins, unless the inviter's server is not allowed or a cap is reached (then the
         invite is declined, with a log line); greets a room the first time only."""
+        log.debug("answering an invite", extra={"room": room_id, "sender": inviter})
         if room_id in self.client.rooms:
+            log.debug("joined already", extra={"room": room_id})
             return  # joined already (an invite seen twice)
         why = await self._decline_reason(inviter)
         if why is not None:
