@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
+from bot import EARLY_SIGNALS
 from bot.commands import all_commands
 from bot.commands.registry import Services
 from bot.config import Config
@@ -142,6 +143,7 @@ async def run_bot(config: Config, roadmap: Roadmap, stop: asyncio.Event) -> None
         ),
     )
     services = dispatcher.services
+    signals = JobSignals()
     matrix = MatrixBot(config, store, dispatcher, metrics)
     health: HealthServer | None = None
     scheduler: Scheduler | None = None
@@ -159,6 +161,7 @@ async def run_bot(config: Config, roadmap: Roadmap, stop: asyncio.Event) -> None
             services.policy = nudge_policy(config, matrix.team_room_id)
             scheduler = _scheduler(config, store, dispatcher, services, matrix, metrics)
             await scheduler.start()
+            signals.attach(scheduler)
             await _first(sync, stop)
         if sync.done():
             sync.result()  # a fatal error ends the bot with its message
@@ -211,12 +214,37 @@ def _scheduler(
         metrics=metrics,
     )
     scheduler = Scheduler(jobs, store)
-    loop = asyncio.get_running_loop()
     if config.nudges.enabled:
         scheduler.add(NUDGES, config.nudges.schedule, config.nudges.timezone)
-        # `kill -USR1 <pid>` runs the nudge sweep now, through the scheduler.
-        loop.add_signal_handler(signal.SIGUSR1, scheduler.run_now, NUDGES)
     if config.digest is not None:
         scheduler.add(DIGEST, config.digest.schedule, config.digest.timezone)
-        loop.add_signal_handler(signal.SIGUSR2, scheduler.run_now, DIGEST)
     return scheduler
+
+
+class JobSignals:
+    """`kill -USR1 <pid>` runs the nudge sweep now, `-USR2` the digest, through the scheduler.
+    Installed first thing: a signal that comes while the bot is still starting waits for the
+    scheduler, instead of ending the process (those signals' default action)."""
+
+    JOBS: dict[int, str] = {signal.SIGUSR1: NUDGES, signal.SIGUSR2: DIGEST}
+
+    def __init__(self) -> None:
+        self.scheduler: Scheduler | None = None
+        loop = asyncio.get_running_loop()
+        for signum, job in self.JOBS.items():
+            loop.add_signal_handler(signum, self._fire, job)
+        # Those that came before this loop was there (bot/__init__.py noted them).
+        self.waiting: list[str] = [self.JOBS[s] for s in EARLY_SIGNALS if s in self.JOBS]
+        EARLY_SIGNALS.clear()
+
+    def _fire(self, job: str) -> None:
+        if self.scheduler is None:
+            self.waiting.append(job)
+        else:
+            self.scheduler.run_now(job)
+
+    def attach(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        for job in self.waiting:
+            scheduler.run_now(job)
+        self.waiting.clear()

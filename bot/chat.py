@@ -41,7 +41,7 @@ from bot.config import MXID, ConfigError, load_config
 from bot.cross_signing import MASTER, CrossSigningKeys, user_keys
 from bot.e2e import maintain_keys
 from bot.identity import FatalMatrixError, cross_sign, query_keys, write_private
-from bot.outbox import TRANSPORT_ERRORS, encrypted_room_state
+from bot.outbox import TRANSPORT_ERRORS, private_room_state
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 DEVICE_NAME = "onboarding-bot chat"
@@ -379,7 +379,9 @@ class ChatClient:
                 is_direct=True,
                 invite=[self.bot_id],
                 preset=RoomPreset.trusted_private_chat,
-                initial_state=encrypted_room_state(),
+                # History from the invite on: a room the bot counts as private, so nudges and
+                # private answers come here rather than to a chat of their own.
+                initial_state=private_room_state(encrypted=True),
             )
         )
         if not isinstance(resp, RoomCreateResponse):

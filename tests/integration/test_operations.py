@@ -22,7 +22,7 @@ import pytest
 import pytest_asyncio
 
 from tests.harness import MakePerson, MakeSynapse, Person, Synapse
-from tests.harness.bot import BotProcess
+from tests.harness.bot import BotProcess, new_bot
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -277,3 +277,21 @@ async def test_sigterm_mid_conversation_loses_nothing(ops: Ops, make_person: Mak
     assert sorted(answered) == sorted(sent), "every command exactly one reply"
     await walt.no_more_replies(room, wait=3)
     assert "5 done, 0 skipped, of 52 steps" in await ask(walt, room, "!progress")
+
+
+async def test_a_nudge_signal_during_start_up_waits_for_the_scheduler(
+    synapse: Synapse, tmp_path: Path
+) -> None:
+    """SIGUSR1's default action ends a process: one that comes before the scheduler exists
+    must not kill the bot (ops, or a restart script, may send it at any time)."""
+    bot = await new_bot(synapse, tmp_path / "bot", "early-signal-bot")
+    starting = asyncio.create_task(bot.start())
+    while bot.proc is None:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)  # the process runs, but is far from its first sync
+    bot.proc.send_signal(signal.SIGUSR1)
+    try:
+        await starting  # NotReady if the signal ended it
+        await bot.wait_for_log("nudge sweep:", timeout=30)  # and the sweep ran once ready
+    finally:
+        await bot.stop()
