@@ -321,6 +321,7 @@ class Outbox:
             await self.store.outbox_failed(item.id)
             return
         self.metrics.send_dropped.inc()
+        self.arrived.pop(item.txn_id, None)
         log.error(
             "giving up on message %s after %d attempts: %s",
             item.txn_id,
