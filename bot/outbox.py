@@ -201,11 +201,12 @@ class Outbox:
         if item.to_user is None:
             return item.room_id
         me = str(self.client.user_id)
-        for candidate in (item.room_id, await self.store.direct_room(item.to_user)):
-            if candidate and is_private_with(self.client.rooms.get(candidate), me, item.to_user):
-                if candidate != item.room_id:
-                    await self.store.outbox_set_room(item.to_user, candidate)
-                return candidate
+        if item.room_id and is_private_with(self.client.rooms.get(item.room_id), me, item.to_user):
+            return item.room_id  # the common case: no database read on the way to the send
+        known = await self.store.direct_room(item.to_user)
+        if known and is_private_with(self.client.rooms.get(known), me, item.to_user):
+            await self.store.outbox_set_room(item.to_user, known)
+            return known
         opening = self._opening.get(item.to_user)
         if opening is not None and opening not in self.client.rooms:
             return None  # the new direct chat arrives with a sync

@@ -489,24 +489,9 @@ class Store:
                 (key, value),
             )
 
-    async def _direct_room(self, user_id: str) -> str | None:
+    async def direct_room(self, user_id: str) -> str | None:
         row = await self._one("SELECT room_id FROM direct_rooms WHERE user_id = ?", (user_id,))
         return row["room_id"] if row else None
-
-    async def direct_room(self, user_id: str) -> str | None:
-        return await self._direct_room(user_id)
-
-    async def set_direct_room(self, user_id: str, room_id: str) -> None:
-        async with self._transaction() as db:
-            await db.execute(
-                "INSERT INTO direct_rooms (user_id, room_id) VALUES (?, ?) "
-                "ON CONFLICT (user_id) DO UPDATE SET room_id = excluded.room_id",
-                (user_id, room_id),
-            )
-
-    async def forget_direct_room(self, room_id: str) -> None:
-        async with self._transaction() as db:
-            await db.execute("DELETE FROM direct_rooms WHERE room_id = ?", (room_id,))
 
     # --- mentors' views ---------------------------------------------------------------------
 
