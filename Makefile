@@ -24,8 +24,8 @@ check: $(VENV)/.installed
 	$(PY) -m bot check --config $(CONFIG)
 
 lint: $(VENV)/.installed
-	$(PY) -m ruff check bot tests
-	$(PY) -m ruff format --check bot tests
+	$(PY) -m ruff check bot tests bench
+	$(PY) -m ruff format --check bot tests bench
 	$(PY) -m mypy
 
 # The Element-like test client (tests/element, matrix-js-sdk) for the integration tests.

@@ -1,10 +1,8 @@
-"""Shared pieces of the benchmarks: statistics, a Synapse, the bot as a process, a user client.
+"""Shared pieces of the benchmarks: statistics, a Synapse, the bot as a process.
 
-Built on bot.devserver only (not tests.harness), so the benchmarks do not move when the tests do.
+Built on the dev kit (bot/dev/) only, not tests.harness, so the benchmarks do not move when the
+tests do.
 """
-
-# Explicit timeouts and small blocking reads of log files are fine in a benchmark harness.
-# ruff: noqa: ASYNC109, ASYNC240
 
 from __future__ import annotations
 
@@ -13,18 +11,14 @@ import math
 import os
 import platform
 import statistics
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from bot.devserver import DevSynapse, bot_config, spawn, stop_process, wait_for_log
+from bot.dev.launcher import BotLauncher, bot_config
+from bot.dev.synapse import DevSynapse
 from bot.nudges import NudgePolicy
 from bot.timeutil import DEFAULT_WORKING_DAYS, parse_timezone
 
@@ -39,7 +33,6 @@ POLICY = NudgePolicy(
     target="dm",
     team_room=None,
 )
-READY = "first sync done; ready for commands"
 ECHO_READY = "echo bot ready"
 
 
@@ -99,79 +92,40 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return values.get("VmRSS", float("nan")), values.get("VmHWM", float("nan"))
 
 
-class BotProc:
-    """The real bot as its own process (`python -m bot run --config ...`), as ops run it."""
+def bench_bot(
+    workdir: Path,
+    *,
+    homeserver: str,
+    user_id: str,
+    password: str,
+    roadmap: Path | None = None,
+    extra: dict[str, Any] | None = None,
+) -> BotLauncher:
+    """The real bot as its own process (`python -m bot run --config ...`), as ops run it;
+    benchmarks type faster than people, and greet nobody."""
+    defaults = {
+        "logging": {"level": "INFO"},
+        "bot": {"flood_limit": 100_000, "greeting": False},
+    }
+    config = bot_config(
+        homeserver,
+        user_id,
+        password,
+        defaults,
+        extra or {},
+        device_name="bench-bot",
+        roadmap=roadmap or REPO / "roadmap.yaml",
+    )
+    return BotLauncher(workdir, config)
 
-    def __init__(
-        self,
-        workdir: Path,
-        *,
-        homeserver: str,
-        user_id: str,
-        password: str,
-        roadmap: Path | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> None:
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path = workdir / "config.yaml"
-        self.log_path = workdir / "bot.log"
-        # Benchmarks type faster than people.
-        defaults = {
-            "logging": {"level": "INFO"},
-            "bot": {"flood_limit": 100_000, "greeting": False},
-        }
-        config = bot_config(
-            homeserver,
-            user_id,
-            password,
-            defaults,
-            extra or {},
-            device_name="bench-bot",
-            roadmap=roadmap or REPO / "roadmap.yaml",
-        )
-        self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def db_path(self) -> Path:
-        return self.workdir / "data" / "bot.db"
-
-    async def start(self, timeout: float = 120.0) -> float:
-        """Starts the process; returns seconds from spawn to the "ready" log line."""
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        began = time.perf_counter()
-        self.proc = spawn(
-            [sys.executable, "-m", "bot", "run", "--config", str(self.config_path)],
-            cwd=REPO,
-            log_path=self.log_path,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        ready = await wait_for_log(
-            self.log_path,
-            READY,
-            self.proc,
-            offset=offset,
-            timeout=timeout,
-            poll=0.005,
-            what="the bot",
-        )
-        return ready - began
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    async def stop(self) -> None:
-        if self.proc is not None:
-            await stop_process(self.proc)
-            self.proc = None
+# The bot's start-up is timed from spawn to its ready line: look for that line often.
+READY_POLL_S = 0.005
 
 
 @contextlib.asynccontextmanager
 async def synapse_at(workdir: Path) -> AsyncIterator[DevSynapse]:
-    """A throw-away Synapse with generous rate limits (devserver's default), stopped after."""
+    """A throw-away Synapse with generous rate limits (the kit's default), stopped after."""
     server = DevSynapse(workdir)
     await server.start()
     try:

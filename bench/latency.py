@@ -10,8 +10,6 @@ Run: .venv/bin/python -m bench.latency [--n 100] [--warmup 5] [--quick]
 No assertions: machines are shared and noisy. Target (brief/README): median ratio <= 1.10.
 """
 
-# ruff: noqa: ASYNC240
-
 from __future__ import annotations
 
 import argparse
@@ -24,162 +22,33 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nio import (
-    AsyncClient,
-    AsyncClientConfig,
-    JoinedMembersResponse,
-    LoginResponse,
-    MatrixRoom,
-    MegolmEvent,
-    RoomCreateResponse,
-    RoomMessage,
-    RoomSendResponse,
-    SyncResponse,
-)
-
-from bench._common import ECHO_READY, REPO, BotProc, Summary, synapse_at
+from bench._common import ECHO_READY, READY_POLL_S, REPO, Summary, bench_bot, synapse_at
 from bot.cross_signing import CrossSigningKeys
-from bot.devserver import DevSynapse, spawn, stop_process, wait_for_log
-from bot.e2e import maintain_keys
-from bot.identity import cross_sign
-from bot.outbox import encrypted_room_state
+from bot.dev.client import MatrixUser, MatrixUserError
+from bot.dev.process import spawn, stop_process, wait_for_log
+from bot.dev.synapse import DevSynapse
 
 TARGET_RATIO = 1.10
 COMMAND = "!next"
 REPLY_TIMEOUT_S = 20.0
 
 
-class User:
-    """A matrix-nio user with a background long-poll sync; replies land in per-room queues."""
-
-    def __init__(self, client: AsyncClient) -> None:
-        self.client = client
-        self.inbox: dict[str, asyncio.Queue[tuple[float, str, dict[str, Any]]]] = {}
-        self.lock = asyncio.Lock()
-        self.task: asyncio.Task[None] | None = None
-
-    @classmethod
-    async def login(cls, url: str, user_id: str, password: str, store: Path) -> User:
-        store.mkdir(parents=True, exist_ok=True)
-        config = AsyncClientConfig(encryption_enabled=True, store_sync_tokens=False)
-        client = AsyncClient(url, user_id, store_path=str(store), config=config)
-        resp = await client.login(password, device_name="bench-user")
-        if not isinstance(resp, LoginResponse):
-            raise RuntimeError(f"login of {user_id} failed: {resp}")
-        if client.should_upload_keys:
-            await client.keys_upload()
-        # The bot answers cross-signed devices only, as Element's users have.
-        await cross_sign(client, CrossSigningKeys.generate(), password)
-        first = await client.sync(timeout=0, full_state=True)
-        if not isinstance(first, SyncResponse):
-            raise RuntimeError(f"first sync of {user_id} failed: {first}")
-        user = cls(client)
-        client.add_event_callback(user._on_event, (RoomMessage, MegolmEvent))
-        user.task = asyncio.create_task(user._sync_forever())
-        return user
-
-    def _queue(self, room_id: str) -> asyncio.Queue[tuple[float, str, dict[str, Any]]]:
-        return self.inbox.setdefault(room_id, asyncio.Queue())
-
-    async def _on_event(self, room: MatrixRoom, event: Any) -> None:
-        arrived = time.perf_counter()
-        if event.sender == self.client.user_id:
-            return
-        content = event.source.get("content", {}) if isinstance(event, RoomMessage) else {}
-        self._queue(room.room_id).put_nowait((arrived, event.sender, content))
-
-    async def _sync_forever(self) -> None:
-        while True:
-            try:
-                resp = await self.client.sync(timeout=30_000)
-                if not isinstance(resp, SyncResponse):
-                    raise RuntimeError(str(resp))
-                async with self.lock:
-                    await maintain_keys(self.client)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a benchmark keeps going
-                print(f"  (user sync error, retrying: {exc!r})", file=sys.stderr)
-                await asyncio.sleep(0.25)
-
-    async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        await self.client.close()
-
-    async def room_with(self, other: str, encrypted: bool) -> str:
-        """A private room with `other` invited; returns once `other` has joined."""
-        state = encrypted_room_state() if encrypted else []
-        resp = await self.client.room_create(invite=[other], initial_state=state, is_direct=True)
-        if not isinstance(resp, RoomCreateResponse):
-            raise RuntimeError(f"room_create failed: {resp}")
-        room_id = resp.room_id
-        self._queue(room_id)
-        deadline = time.monotonic() + 30
-        while True:
-            room = self.client.rooms.get(room_id)
-            if room is not None and other in room.users and other not in room.invited_users:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{other} did not join {room_id} within 30 s")
-            await asyncio.sleep(0.05)
-        if encrypted:
-            await self._know_devices(room_id)
-        return room_id
-
-    async def _know_devices(self, room_id: str) -> None:
-        """Wait until the other members' devices are known, so the room key reaches them."""
-        members = await self.client.joined_members(room_id)
-        if not isinstance(members, JoinedMembersResponse):
-            raise RuntimeError(f"joined_members failed: {members}")
-        others = {m.user_id for m in members.members} - {self.client.user_id}
-        deadline = time.monotonic() + 30
-        while True:
-            async with self.lock:
-                if self.client.should_query_keys:
-                    await self.client.keys_query()
-            missing = {
-                u
-                for u in others
-                if next(self.client.device_store.active_user_devices(u), None) is None
-            }
-            if not missing:
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no device keys for {sorted(missing)} after 30 s")
-            assert self.client.olm is not None
-            self.client.olm.users_for_key_query.update(missing)
-            await asyncio.sleep(0.25)
-
-    async def round_trip(self, room_id: str, text: str, expect: str) -> float:
-        """Sends `text`; seconds until the reply from `expect` to that very event arrives."""
-        queue = self._queue(room_id)
-        while not queue.empty():  # stale messages (a greeting, a late duplicate)
-            queue.get_nowait()
-        began = time.perf_counter()
-        async with self.lock:
-            resp = await self.client.room_send(
-                room_id,
-                "m.room.message",
-                {"msgtype": "m.text", "body": text},
-                ignore_unverified_devices=True,
-            )
-        if not isinstance(resp, RoomSendResponse):
-            raise RuntimeError(f"room_send failed: {resp}")
-        deadline = began + REPLY_TIMEOUT_S
-        while True:
-            arrived, sender, content = await asyncio.wait_for(
-                queue.get(), max(0.0, deadline - time.perf_counter())
-            )
-            answers = content.get("m.relates_to", {}).get("m.in_reply_to", {}).get("event_id")
-            if sender == expect and answers == resp.event_id:
-                return arrived - began
+async def round_trip(user: MatrixUser, room_id: str, text: str, expect: str) -> float:
+    """Sends `text`; seconds until the reply from `expect` to that very event arrives (other
+    messages, such as a late duplicate, are passed over)."""
+    began = time.perf_counter()
+    # The room was opened with open_direct_chat, which made sure of the members' devices.
+    event_id = await user.send(room_id, {"msgtype": "m.text", "body": text}, share_keys=False)
+    deadline = began + REPLY_TIMEOUT_S
+    while True:
+        message = await user.reply(room_id, max(0.0, deadline - time.perf_counter()))
+        answers = message.content.get("m.relates_to", {}).get("m.in_reply_to", {}).get("event_id")
+        if message.sender == expect and answers == event_id:
+            return message.arrived - began
 
 
 async def measure_pair(
-    user: User, rooms: dict[str, tuple[str, str]], n: int, warmup: int
+    user: MatrixUser, rooms: dict[str, tuple[str, str]], n: int, warmup: int
 ) -> tuple[dict[str, list[float]], dict[str, int]]:
     """rooms: name -> (room_id, bot user id). ABBA order; the first `warmup` rounds dropped."""
     samples: dict[str, list[float]] = {name: [] for name in rooms}
@@ -189,8 +58,8 @@ async def measure_pair(
         for name in names if i % 2 == 0 else reversed(names):
             room_id, expect = rooms[name]
             try:
-                seconds = await user.round_trip(room_id, COMMAND, expect)
-            except TimeoutError:
+                seconds = await round_trip(user, room_id, COMMAND, expect)
+            except MatrixUserError:
                 failures[name] += 1
                 continue
             if i >= warmup:
@@ -210,15 +79,15 @@ async def run(args: argparse.Namespace, synapse: DevSynapse | None = None) -> di
             echo_id = await synapse.register("lat-echo", "echo-password")
             user_id = await synapse.register("lat-user", "user-password")
 
-            bot = BotProc(
+            bot = bench_bot(
                 work / "bot",
                 homeserver=synapse.url,
                 user_id=bot_id,
                 password="bot-password",
                 extra={"nudges": {"enabled": False}},
             )
-            await bot.start()
             stack.push_async_callback(bot.stop)
+            await bot.start(poll=READY_POLL_S)
 
             echo_log = work / "echo.log"
             (work / "echo-store").mkdir()
@@ -242,14 +111,24 @@ async def run(args: argparse.Namespace, synapse: DevSynapse | None = None) -> di
             stack.push_async_callback(stop_process, echo)
             await wait_for_log(echo_log, ECHO_READY, echo, timeout=60, poll=0.005, what="echo bot")
 
-            user = await User.login(synapse.url, user_id, "user-password", work / "user-store")
+            user = await MatrixUser.login(
+                synapse.url,
+                user_id,
+                "user-password",
+                work / "user-store",
+                device_name="bench-user",
+                # The bot answers cross-signed devices only, as Element's users have.
+                cross_signing=CrossSigningKeys.generate(),
+                sync_timeout_ms=30_000,
+                notice=lambda text: print(f"  (user: {text})", file=sys.stderr),
+            )
             stack.push_async_callback(user.close)
 
             results: dict[str, Any] = {"n": n, "warmup": warmup, "rows": {}}
             for label, encrypted in (("unencrypted", False), ("encrypted", True)):
                 rooms = {
-                    "bot": (await user.room_with(bot_id, encrypted), bot_id),
-                    "echo": (await user.room_with(echo_id, encrypted), echo_id),
+                    "bot": (await user.open_direct_chat(bot_id, encrypted=encrypted), bot_id),
+                    "echo": (await user.open_direct_chat(echo_id, encrypted=encrypted), echo_id),
                 }
                 samples, failures = await measure_pair(user, rooms, n, warmup)
                 for name in rooms:

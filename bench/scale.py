@@ -1,9 +1,9 @@
 """Scale benchmark: 100 vs 10,000 newcomers on a 200-step roadmap.
 
 In process: nudge-sweep planning and !team rendering. As a process (the real bot on a
-throw-away Synapse): start-up time from spawn to the log line "first sync done; ready for
-commands" with the database already holding the newcomers (populated through the Store API),
-and the bot's resident memory (VmRSS) after start-up.
+throw-away Synapse): start-up time from spawn to the bot's ready line (bot.logs.READY) with
+the database already holding the newcomers (populated through the Store API), and the bot's
+resident memory (VmRSS) after start-up.
 
 Run: .venv/bin/python -m bench.scale [--quick] [--no-startup]
 (prints tables; no assertions, machines are noisy). Targets (brief/README): sweep and
@@ -27,14 +27,18 @@ from typing import Any
 
 import yaml
 
-from bench._common import POLICY, BotProc, rss_mb, synapse_at
+from bench._common import POLICY, READY_POLL_S, bench_bot, rss_mb, synapse_at
 from bot.app import build_dispatcher
-from bot.devserver import DevSynapse
+from bot.clock import ServerClock
+from bot.dev.launcher import BotLauncher
+from bot.dev.synapse import DevSynapse
 from bot.dispatch import Incoming
+from bot.logs import READY
 from bot.progress import Action, Change, State
 from bot.roadmap import Roadmap, parse_roadmap
 from bot.scheduler import Jobs
 from bot.store import Store
+from bot.team import Team, TeamState
 
 NOW = datetime(2026, 11, 25, 11, 0, tzinfo=UTC)  # a Wednesday
 MENTOR = "@mentor:example.org"
@@ -125,21 +129,18 @@ async def measure(
     store = await Store.open(folder / f"bench-{count}-{idle}.db")
     try:
         await populate(store, roadmap, count, idle)
+        team = Team(TeamState(roadmap, POLICY, configured_mentors=frozenset({MENTOR})))
         jobs = Jobs(
             store=store,
-            roadmap=lambda: roadmap,
-            policy=POLICY,
-            mentors=lambda: frozenset({MENTOR}),
+            team=team,
             prefix="!",
             on_queued=_nothing,
-            clock=lambda: NOW,
+            clock=ServerClock(lambda: NOW),
         )
         dispatcher = build_dispatcher(
             store,
-            roadmap,
-            policy=POLICY,
+            team,
             server_name="example.org",
-            mentors={MENTOR},
             mentor_commands_in_rooms=True,
             clock=lambda: NOW,
         )
@@ -173,33 +174,34 @@ async def startup(
     """
     roadmap_path = folder / "roadmap-200.yaml"
     roadmap_path.write_text(yaml.safe_dump(synthetic_roadmap_data(steps)), encoding="utf-8")
-    bots: dict[int, BotProc] = {}
+    bots: dict[int, BotLauncher] = {}
     out: dict[int, dict[str, Any]] = {}
     for count in sizes:
         user_id = await synapse.register(f"scale-bot-{count}", "bot-password")
-        bot = BotProc(
+        bot = bench_bot(
             folder / f"bot-{count}",
             homeserver=synapse.url,
             user_id=user_id,
             password="bot-password",
             roadmap=roadmap_path,
         )
-        bot.db_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(folder / f"bench-{count}-{IDLE}.db", bot.db_path)
+        bot.data_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / f"bench-{count}-{IDLE}.db", bot.data_dir / "bot.db")
         # populate() queued a reply per newcomer to a made-up room: as if delivered, empty the
         # outbox, or every sync would re-read (and skip) all of them.
-        with contextlib.closing(sqlite3.connect(bot.db_path)) as db, db:
+        with contextlib.closing(sqlite3.connect(bot.data_dir / "bot.db")) as db, db:
             db.execute("DELETE FROM outbox")
         bots[count] = bot
         out[count] = {"first_s": 0.0, "restart_s": [], "rss": [], "hwm": []}
     try:
         for count, bot in bots.items():
-            out[count]["first_s"] = await bot.start()
+            out[count]["first_s"] = await bot.start(poll=READY_POLL_S)
             await bot.stop()
         for _ in range(restarts):
             for count, bot in bots.items():
-                out[count]["restart_s"].append(await bot.start())
+                out[count]["restart_s"].append(await bot.start(poll=READY_POLL_S))
                 await asyncio.sleep(SETTLE_S)
+                assert bot.pid is not None
                 rss, hwm = rss_mb(bot.pid)
                 out[count]["rss"].append(rss)
                 out[count]["hwm"].append(hwm)
@@ -208,7 +210,7 @@ async def startup(
         for bot in bots.values():
             await bot.stop()
     for count in sizes:
-        async_store = await Store.open(bots[count].db_path)
+        async_store = await Store.open(bots[count].data_dir / "bot.db")
         out[count]["enrolled"] = await async_store.count_newcomers()
         await async_store.close()
     return out
@@ -260,9 +262,9 @@ def report(results: dict[str, Any]) -> str:
         out += [
             "",
             f"Start-up of the bot process (`python -m bot run`, {args.steps}-step roadmap, "
-            f'database populated through the Store API), spawn -> "first sync done; ready '
-            f'for commands"; restarts reuse the saved session (median of '
-            f"{results['restarts']}); memory {SETTLE_S:.0f} s after ready",
+            f"database populated through the Store API), spawn -> {READY!r}; restarts reuse "
+            f"the saved session (median of {results['restarts']}); memory {SETTLE_S:.0f} s "
+            "after ready",
             "",
             f"| figure | {a['enrolled']:,} enrolled | {b['enrolled']:,} enrolled | ratio "
             "| target |",

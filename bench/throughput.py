@@ -35,6 +35,7 @@ from bot.app import build_dispatcher
 from bot.dispatch import Dispatcher, FloodGate, Incoming
 from bot.roadmap import Roadmap, load_roadmap
 from bot.store import Store
+from bot.team import Team, TeamState
 
 TARGET = 2000.0
 ROOM = "!bench:example.org"
@@ -78,7 +79,10 @@ async def instrument(store: Store, counters: Counters) -> None:
 
 def dispatcher_for(store: Store, roadmap: Roadmap) -> Dispatcher:
     return build_dispatcher(
-        store, roadmap, policy=POLICY, server_name="example.org", flood=FloodGate(limit=10**9)
+        store,
+        Team(TeamState(roadmap, POLICY)),
+        server_name="example.org",
+        flood=FloodGate(limit=10**9),
     )
 
 

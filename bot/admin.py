@@ -48,7 +48,7 @@ async def status(config: Config, roadmap: Roadmap, user_id: str | None) -> str:
     store = await Store.open(config.database_path)
     try:
         now = datetime.now(UTC)
-        policy = nudge_policy(config, None)
+        policy = nudge_policy(config)
         step_ids = [s.id for s in roadmap]
         if user_id is None:
             infos = await store.newcomers(step_ids)
@@ -57,7 +57,8 @@ async def status(config: Config, roadmap: Roadmap, user_id: str | None) -> str:
         if not found:
             raise LookupError(f"{user_id} has not enrolled in the roadmap")
         progress = await store.load_progress(user_id)
-        return render_status(roadmap, found[0], progress, policy, now).body + "\n"
+        prefix = config.bot.command_prefix
+        return render_status(roadmap, found[0], progress, policy, now, prefix=prefix).body + "\n"
     finally:
         await store.close()
 

@@ -12,39 +12,36 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from bot import EARLY_SIGNALS
+from bot.clock import ServerClock
 from bot.commands import all_commands
-from bot.commands.registry import Services
 from bot.config import Config
-from bot.dispatch import Dispatcher, FloodGate, People
+from bot.dispatch import Dispatcher, FloodGate
 from bot.health import HealthServer
 from bot.matrix import MatrixBot
 from bot.metrics import Metrics
 from bot.nudges import NudgePolicy
 from bot.reports import reasons_for
 from bot.roadmap import Roadmap, load_roadmap
-from bot.scheduler import DIGEST, NUDGES, Jobs, Scheduler
+from bot.scheduler import DIGEST, NUDGES, PRUNE, PRUNE_TRIGGER, Jobs, Scheduler
 from bot.store import Store
-from bot.timeutil import parse_duration
+from bot.team import Team, TeamState
 
 log = logging.getLogger(__name__)
 
 FLUSH_ON_STOP_SECONDS = 5.0  # of the 10 s a container runtime gives before SIGKILL
 GAUGE_REFRESH_SECONDS = 30.0
+KEEP_HANDLED_MARGIN = timedelta(days=1)
 
 
 def build_dispatcher(
     store: Store,
-    roadmap: Roadmap,
+    team: Team,
     *,
-    policy: NudgePolicy,
     server_name: str,
-    mentors: Iterable[str] = (),
-    admins: Iterable[str] = (),
-    power_level: Callable[[str], int] = lambda _user: 0,
     load_roadmap: Callable[[], Roadmap] | None = None,
     prefix: str = "!",
     mentor_commands_in_rooms: bool = False,
@@ -52,22 +49,14 @@ def build_dispatcher(
     metrics: Metrics | None = None,
     flood: FloodGate | None = None,
 ) -> Dispatcher:
-    """The dispatcher with every command and the services they use, as the bot runs it (the
-    tests and benchmarks build theirs here too). `load_roadmap` is what !reload reads."""
-    mentor_set = frozenset(mentors)
-    services = Services(
-        store=store,
-        policy=policy,
-        mentors=mentor_set,
-        server_name=server_name,
-        load_roadmap=load_roadmap or (lambda: roadmap),
-    )
+    """The dispatcher with every command, as the bot runs it (the tests and benchmarks build
+    theirs here too). `load_roadmap` is what !reload reads."""
     return Dispatcher(
-        roadmap=roadmap,
+        team=team,
         commands=all_commands(),
         store=store,
-        people=People(mentor_set, frozenset(admins), power_level),
-        services=services,
+        server_name=server_name,
+        load_roadmap=load_roadmap or (lambda: team.state.roadmap),
         prefix=prefix,
         mentor_commands_in_rooms=mentor_commands_in_rooms,
         clock=clock,
@@ -76,30 +65,35 @@ def build_dispatcher(
     )
 
 
-def nudge_policy(config: Config, team_room_id: str | None) -> NudgePolicy:
+def nudge_policy(config: Config, team_room_id: str | None = None) -> NudgePolicy:
     n = config.nudges
     return NudgePolicy(
-        idle_after=n.idle_delta,
-        timezone=n.zone,
-        working_days=n.working_day_set,
-        quiet=n.quiet,
+        idle_after=n.idle_after,
+        timezone=n.timezone,
+        working_days=n.working_days,
+        quiet=n.quiet_hours,
         escalate_after=n.escalate_after,
         target=n.target,
         team_room=team_room_id,
-        manual_cooldown=n.manual_cooldown_delta,
+        manual_cooldown=n.manual_cooldown,
+    )
+
+
+def team_state(config: Config, roadmap: Roadmap) -> TeamState:
+    """The team at start; the team room and its mentors by power level come once it is joined."""
+    return TeamState(
+        roadmap=roadmap,
+        policy=nudge_policy(config),
+        admins=frozenset(config.people.admins),
+        configured_mentors=frozenset(config.people.mentors),
     )
 
 
 class Gauges:
     """Newcomer counts and database size for /metrics, recomputed at most every 30 s."""
 
-    def __init__(self, store: Store, dispatcher: Dispatcher, services: Services, metrics: Metrics):
-        self.store, self.dispatcher, self.services, self.metrics = (
-            store,
-            dispatcher,
-            services,
-            metrics,
-        )
+    def __init__(self, store: Store, team: Team, metrics: Metrics):
+        self.store, self.team, self.metrics = store, team, metrics
         self._at = 0.0
 
     async def refresh(self) -> None:
@@ -107,10 +101,10 @@ class Gauges:
         if time.monotonic() - self._at < GAUGE_REFRESH_SECONDS:
             return
         now = datetime.now(UTC)
-        infos = await self.store.newcomers([s.id for s in self.dispatcher.roadmap])
-        policy = self.services.policy
+        team = self.team.state
+        infos = await self.store.newcomers([s.id for s in team.roadmap])
         finished = sum(1 for i in infos if i.finished_at)
-        attention = sum(1 for i in infos if reasons_for(i, policy, now))
+        attention = sum(1 for i in infos if reasons_for(i, team.policy, now))
         self.metrics.newcomers.labels("enrolled").set(len(infos))
         self.metrics.newcomers.labels("finished").set(finished)
         self.metrics.newcomers.labels("needs_attention").set(attention)
@@ -120,46 +114,37 @@ class Gauges:
 async def run_bot(config: Config, roadmap: Roadmap, stop: asyncio.Event) -> None:
     store = await Store.open(config.database_path)
     metrics = Metrics()
-    matrix: MatrixBot | None = None
-
-    def power_level(user_id: str) -> int:
-        return matrix.power_level(user_id) if matrix else 0
-
+    clock = ServerClock()  # set from the homeserver's clock at login, checked every hour
+    team = Team(team_state(config, roadmap))
     dispatcher = build_dispatcher(
         store,
-        roadmap,
-        policy=nudge_policy(config, None),
+        team,
         server_name=config.matrix.server_name,
-        mentors=config.people.mentors,
-        admins=config.people.admins,
-        power_level=power_level,
         load_roadmap=lambda: load_roadmap(config.roadmap),
         prefix=config.bot.command_prefix,
         mentor_commands_in_rooms=config.bot.mentor_commands_in_rooms,
+        clock=clock.now,
         metrics=metrics,
         flood=FloodGate(
-            config.bot.flood_limit,
-            int(parse_duration(config.bot.flood_window).total_seconds() * 1000),
+            config.bot.flood_limit, int(config.bot.flood_window.total_seconds() * 1000)
         ),
     )
-    services = dispatcher.services
     signals = JobSignals()
-    matrix = MatrixBot(config, store, dispatcher, metrics)
+    matrix = MatrixBot(config, store, dispatcher, team, metrics, clock)
     health: HealthServer | None = None
     scheduler: Scheduler | None = None
     sync: asyncio.Task[None] | None = None
     try:
         if (listen := config.http.host_port) is not None:
-            gauges = Gauges(store, dispatcher, services, metrics)
+            gauges = Gauges(store, team, metrics)
             health = HealthServer(*listen, metrics, matrix.healthy, gauges.refresh)
             await health.start()
         await matrix.login()
         sync = asyncio.create_task(matrix.run(), name="sync")
         if await _first(sync, stop, matrix.synced):
-            # Jobs start only once logged in and synced: a nudge needs the rooms in memory.
-            await matrix.join_team_room()
-            services.policy = nudge_policy(config, matrix.team_room_id)
-            scheduler = _scheduler(config, store, dispatcher, services, matrix, metrics)
+            # Jobs start only once logged in and synced (the team room joined with the first
+            # sync): a nudge needs the rooms in memory.
+            scheduler = _scheduler(config, store, team, matrix, metrics, clock)
             await scheduler.start()
             signals.attach(scheduler)
             await _first(sync, stop)
@@ -199,25 +184,27 @@ async def _first(
 def _scheduler(
     config: Config,
     store: Store,
-    dispatcher: Dispatcher,
-    services: Services,
+    team: Team,
     matrix: MatrixBot,
     metrics: Metrics,
+    clock: ServerClock | None = None,
 ) -> Scheduler:
     jobs = Jobs(
         store=store,
-        roadmap=lambda: dispatcher.roadmap,
-        policy=services.policy,
-        mentors=lambda: services.mentors,
+        team=team,
         prefix=config.bot.command_prefix,
         on_queued=matrix.queued,
+        # Longer than bot.max_event_age, past which a re-delivered event is dropped unread.
+        keep_handled=config.bot.max_event_age + KEEP_HANDLED_MARGIN,
+        clock=clock,
         metrics=metrics,
     )
     scheduler = Scheduler(jobs, store)
     if config.nudges.enabled:
-        scheduler.add(NUDGES, config.nudges.schedule, config.nudges.timezone)
+        scheduler.add(NUDGES, config.nudges.trigger)
     if config.digest is not None:
-        scheduler.add(DIGEST, config.digest.schedule, config.digest.timezone)
+        scheduler.add(DIGEST, config.digest.trigger)
+    scheduler.add(PRUNE, PRUNE_TRIGGER)
     return scheduler
 
 

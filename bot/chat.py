@@ -15,33 +15,13 @@ import logging
 import os
 import sys
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import aiohttp
-from nio import (
-    AsyncClient,
-    AsyncClientConfig,
-    EncryptionError,
-    JoinResponse,
-    LoginResponse,
-    MegolmEvent,
-    RoomCreateResponse,
-    RoomMessage,
-    RoomPreset,
-    RoomSendResponse,
-    SyncResponse,
-    WhoamiResponse,
-)
-
 from bot.config import MXID, ConfigError, load_config
-from bot.cross_signing import MASTER, CrossSigningKeys, user_keys
-from bot.e2e import maintain_keys
-from bot.identity import FatalMatrixError, cross_sign, query_keys, write_private
-from bot.outbox import TRANSPORT_ERRORS, private_room_state
+from bot.dev.client import MatrixUser, read_json
+from bot.identity import write_private
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 DEVICE_NAME = "onboarding-bot chat"
@@ -49,8 +29,7 @@ PROMPT = "you> "
 BOT_PREFIX = "bot> "
 SYNC_TIMEOUT_MS = 10_000
 BOT_JOIN_TIMEOUT_S = 60.0
-# How long to wait for the bot's device keys, and for a room key that arrives late.
-DEVICE_WAIT_S = 15.0
+# How long a message of the bot's may wait for its room key, which often comes a sync later.
 UNDECRYPTABLE_AFTER_S = 15.0
 
 
@@ -58,26 +37,10 @@ class ChatError(RuntimeError):
     """The chat cannot start or go on; the message is one line a person can act on."""
 
 
-@dataclass(frozen=True)
-class ChatSession:
-    homeserver: str
-    user_id: str
-    device_id: str
-    access_token: str
-
-
 def quiet_library_logs() -> None:
     """nio and its crypto store log retries and undecryptable events; the chat says it itself."""
     for noisy in ("nio", "peewee", "aiosqlite"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def render(body: str) -> str:
@@ -204,310 +167,157 @@ def _start_line_reader(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | N
     return queue
 
 
-class ChatClient:
-    """One user's E2E client: login, the direct room with the bot, the sync loop, sending."""
+class ChatUser(MatrixUser):
+    """The person at the terminal: whatever fails is a ChatError, one line they can act on."""
+
+    failure = ChatError
+
+
+class Chat:
+    """The terminal's conversation with the bot in their direct chat: the bot's messages shown
+    as they arrive, the person's lines sent."""
 
     def __init__(
-        self,
+        self, user: ChatUser, bot_id: str, room_id: str, terminal: Terminal, *, new_room: bool
+    ) -> None:
+        self.user = user
+        self.bot_id = bot_id
+        self.room_id = room_id
+        self.terminal = terminal
+        self.new_room = new_room  # created (or invited to) in this run: the bot will greet
+        # What the bot said while this client was away is news to the person; older history
+        # (a first login) is not: the client queues only the former.
+        self._shown = asyncio.create_task(self._show_bot(), name="chat-show")
+
+    @classmethod
+    async def open(
+        cls,
         homeserver: str,
         user_id: str,
         bot_id: str,
         state_dir: Path,
         terminal: Terminal,
-    ) -> None:
-        self.homeserver = homeserver
-        self.user_id = user_id
-        self.bot_id = bot_id
-        self.state_dir = state_dir
-        self.terminal = terminal
-        self.session_path = state_dir / "session.json"
-        self.room_path = state_dir / "room.json"
-        self.client = AsyncClient(
+        ask_password: Callable[[], str],
+    ) -> Chat:
+        """Logs in (reusing the saved device), opens the direct chat with the bot and waits
+        for the bot to be in it."""
+        user = await ChatUser.login(
             homeserver,
             user_id,
-            store_path=str(state_dir),
-            config=AsyncClientConfig(
-                encryption_enabled=True,
-                store_sync_tokens=True,
-                max_timeouts=2,  # then the chat says the homeserver is gone
-                max_timeout_retry_wait_time=2.0,
-                request_timeout=SYNC_TIMEOUT_MS / 1000 + 15,
-            ),
+            ask_password,
+            state_dir,
+            device_name=DEVICE_NAME,
+            sync_timeout_ms=SYNC_TIMEOUT_MS,
+            max_timeouts=2,  # then the chat says the homeserver is gone
+            notice=lambda text: terminal.line(f"({text})"),
         )
-        self.room_id: str | None = None
-        self.new_room = False  # created (or invited to) in this run: the bot will greet
-        self._e2e_lock = asyncio.Lock()
-        self._synced = asyncio.Condition()
-        self._undecrypted: dict[str, tuple[MegolmEvent, float]] = {}
-        self._sync_task: asyncio.Task[None] | None = None
-        self._connection_lost = False
-
-    # --- login ----------------------------------------------------------------------------
-
-    async def login(self, ask_password: Callable[[], str]) -> None:
-        """Reuses the saved device; logs in with the password only when there is none."""
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        await self._check_reachable()
-        session = self._saved_session()
-        if session is not None:
-            # restore_login also opens this device's crypto store.
-            self.client.restore_login(session.user_id, session.device_id, session.access_token)
-            who = await self._call(self.client.whoami())
-            if not isinstance(who, WhoamiResponse):
-                session = None  # the token was revoked (or the device logged out elsewhere)
-        if session is None:
-            password = ask_password()
-            resp = await self._call(self.client.login(password, device_name=DEVICE_NAME))
-            if not isinstance(resp, LoginResponse):
-                why = getattr(resp, "message", resp)
-                raise ChatError(f"login as {self.user_id} on {self.homeserver} failed: {why}")
-            if self.client.olm is None:
-                self.client.load_store()
-            session = ChatSession(self.homeserver, resp.user_id, resp.device_id, resp.access_token)
-            write_private(self.session_path, json.dumps(session.__dict__, indent=2))
-        if self.client.should_upload_keys:
-            await self._call(self.client.keys_upload())
         try:
-            await self._call(self._cross_sign())
-        except FatalMatrixError as exc:
-            raise ChatError(str(exc)) from None
+            await _verify(user, terminal)
+            room = DirectRoom(user, bot_id)
+            room_id, new_room = await room.find_or_create()
+        except BaseException:
+            await user.close()
+            raise
+        chat = cls(user, bot_id, room_id, terminal, new_room=new_room)
+        try:
+            await user.wait_for_join(room_id, bot_id, BOT_JOIN_TIMEOUT_S)
+        except ChatError:
+            await chat.close()
+            raise ChatError(
+                f"{bot_id} has not joined the direct chat within {BOT_JOIN_TIMEOUT_S:.0f}s; "
+                "is the bot running and allowed to talk to your server?"
+            ) from None
+        except BaseException:
+            await chat.close()
+            raise
+        return chat
 
-    async def _cross_sign(self) -> None:
-        """The bot answers only cross-signed devices (as Element does): an account with no
-        cross-signing yet gets keys of its own here; one whose keys live in Element needs
-        this session verified there."""
-        keys_path = self.state_dir / "cross-signing.json"
-        saved = _read_json(keys_path)
-        keys = CrossSigningKeys.from_secrets(saved) if saved else None
-        query = await query_keys(self.client, [self.user_id])
-        master = user_keys(query, self.user_id).master
-        if master is None or (keys is not None and keys.public(MASTER) == master):
-            keys = keys or CrossSigningKeys.generate()
-            write_private(keys_path, json.dumps(keys.secrets()))
-            await cross_sign(self.client, keys, None)
-            return
-        self.terminal.line(
-            f"⚠ This terminal session ({self.client.device_id}) is not verified: your account's "
+    async def _show_bot(self) -> None:
+        while True:
+            message = await self.user.next_message(self.room_id)
+            if message.sender != self.bot_id:
+                continue
+            message = await self.user.decrypted(message, UNDECRYPTABLE_AFTER_S)
+            if message.decryption_failed:
+                self.terminal.bot("[an encrypted message this device has no key for]")
+            else:
+                self.terminal.bot(_strip_reply_fallback(message.content))
+
+    async def say(self, text: str) -> None:
+        try:
+            await self.user.say(self.room_id, text)
+        except ChatError as exc:
+            self.terminal.line(f"(not sent: {exc})")
+
+    async def close(self) -> None:
+        """Stops syncing; the device is kept (logging out would lose its keys)."""
+        self._shown.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._shown
+        await self.user.close()
+
+
+async def _verify(user: ChatUser, terminal: Terminal) -> None:
+    """The bot answers only cross-signed devices (as Element does): an account with no
+    cross-signing yet gets keys of its own here; one whose keys live in Element needs this
+    session verified there."""
+    if not await user.cross_sign_with_saved_keys(user.store_dir / "cross-signing.json"):
+        terminal.line(
+            f"⚠ This terminal session ({user.device_id}) is not verified: your account's "
             "cross-signing keys live in another client. Verify this session there (Element: "
             "Settings → Sessions), or the bot will not take your commands."
         )
 
-    def _saved_session(self) -> ChatSession | None:
-        data = _read_json(self.session_path)
-        try:
-            session = ChatSession(**data)
-        except TypeError:
-            return None
-        if (session.homeserver, session.user_id) != (self.homeserver, self.user_id):
-            return None
-        return session
 
-    async def _check_reachable(self) -> None:
-        probe = f"{self.homeserver}/_matrix/client/versions"
-        try:
-            async with (
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
-                http.get(probe) as resp,
-            ):
-                if resp.status != 200:
-                    raise ChatError(f"{probe} answered HTTP {resp.status}: is this a homeserver?")
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise ChatError(f"cannot reach the homeserver at {self.homeserver}: {exc}") from None
+class DirectRoom:
+    """The person's encrypted DM with the bot, kept across runs in `room.json`."""
 
-    async def _call(self, request: Any) -> Any:
-        try:
-            return await request
-        except TRANSPORT_ERRORS as exc:
-            raise ChatError(f"lost the connection to {self.homeserver}: {exc!r}") from None
+    def __init__(self, user: ChatUser, bot_id: str) -> None:
+        self.user = user
+        self.bot_id = bot_id
+        self.path = user.store_dir / "room.json"
 
-    # --- the direct room ------------------------------------------------------------------
-
-    async def open_direct_room(self) -> None:
-        """Finds the encrypted DM with the bot (saved, synced, or an invite) or creates one."""
-        resumed = bool(self.client.loaded_sync_token)
-        first = await self._call(self.client.sync(timeout=0, full_state=True))
-        if not isinstance(first, SyncResponse):
-            raise ChatError(f"the first sync with {self.homeserver} failed: {first}")
-        await self._call(self._maintain_e2e())
-        self.room_id = self._find_room()
-        if self.room_id is None:
-            self.room_id = await self._accept_invite_from_bot() or await self._create_room()
-            self.new_room = True
-            write_private(self.room_path, json.dumps({"bot": self.bot_id, "room_id": self.room_id}))
-        # What the bot said while this client was away is new to the person; older history
-        # (a first login) is not.
-        if resumed:
-            self._show(first)
-        self._sync_task = asyncio.create_task(self._sync_forever(), name="chat-sync")
-        await self._wait_for(
-            self._bot_joined,
-            BOT_JOIN_TIMEOUT_S,
-            f"{self.bot_id} has not joined the direct chat within {BOT_JOIN_TIMEOUT_S:.0f}s; "
-            "is the bot running and allowed to talk to your server?",
+    async def find_or_create(self) -> tuple[str, bool]:
+        """The room (saved, synced, or an invite from the bot) or a new one; and whether it
+        is new to this run."""
+        found = self._find()
+        if found is not None:
+            return found, False
+        room_id = await self._accept_invite() or await self.user.create_room(
+            invite=[self.bot_id],
+            encrypted=True,
+            direct=True,
+            # History from the invite on: a room the bot counts as private, so nudges and
+            # private answers come here rather than to a chat of their own.
+            private=True,
         )
+        write_private(self.path, json.dumps({"bot": self.bot_id, "room_id": room_id}))
+        return room_id, True
 
     def _usable(self, room_id: str) -> bool:
-        room = self.client.rooms.get(room_id)
+        room = self.user.client.rooms.get(room_id)
         return (
             room is not None
             and room.encrypted
             and self.bot_id in room.users
-            and set(room.users) <= {self.user_id, self.bot_id}
+            and set(room.users) <= {self.user.user_id, self.bot_id}
         )
 
-    def _find_room(self) -> str | None:
-        saved = _read_json(self.room_path)
+    def _find(self) -> str | None:
+        saved = read_json(self.path)
         if saved.get("bot") == self.bot_id and self._usable(str(saved.get("room_id"))):
             return str(saved["room_id"])
-        for room_id in self.client.rooms:
+        for room_id in self.user.client.rooms:
             if self._usable(room_id):
                 return str(room_id)
         return None
 
-    async def _accept_invite_from_bot(self) -> str | None:
-        for room_id, room in self.client.invited_rooms.items():
+    async def _accept_invite(self) -> str | None:
+        for room_id, room in self.user.client.invited_rooms.items():
             if room.inviter == self.bot_id and room.encrypted:
-                resp = await self._call(self.client.join(room_id))
-                if isinstance(resp, JoinResponse):
-                    await self._sync_once()
-                    return str(room_id)
+                await self.user.join(room_id)
+                return str(room_id)
         return None
-
-    async def _create_room(self) -> str:
-        resp = await self._call(
-            self.client.room_create(
-                is_direct=True,
-                invite=[self.bot_id],
-                preset=RoomPreset.trusted_private_chat,
-                # History from the invite on: a room the bot counts as private, so nudges and
-                # private answers come here rather than to a chat of their own.
-                initial_state=private_room_state(encrypted=True),
-            )
-        )
-        if not isinstance(resp, RoomCreateResponse):
-            why = getattr(resp, "message", resp)
-            raise ChatError(f"could not create a direct chat with {self.bot_id}: {why}")
-        room_id = str(resp.room_id)
-        while room_id not in self.client.rooms:
-            await self._sync_once()
-        return room_id
-
-    def _bot_joined(self) -> bool:
-        room = self.client.rooms.get(self.room_id or "")
-        return (
-            room is not None and self.bot_id in room.users and self.bot_id not in room.invited_users
-        )
-
-    # --- syncing --------------------------------------------------------------------------
-
-    async def _sync_once(self) -> None:
-        resp = await self._call(self.client.sync(timeout=0))
-        if isinstance(resp, SyncResponse):
-            await self._call(self._maintain_e2e())
-
-    async def _sync_forever(self) -> None:
-        while True:
-            try:
-                resp = await self.client.sync(timeout=SYNC_TIMEOUT_MS)
-                if not isinstance(resp, SyncResponse):
-                    raise ChatError(f"sync failed: {getattr(resp, 'message', resp)}")
-                self._show(resp)
-                await self._maintain_e2e()
-                self._retry_undecrypted()
-                if self._connection_lost:
-                    self._connection_lost = False
-                    self.terminal.line("(connected again)")
-            except (*TRANSPORT_ERRORS, ChatError) as exc:
-                if not self._connection_lost:
-                    self._connection_lost = True
-                    self.terminal.line(f"(connection to the homeserver lost, retrying: {exc})")
-                await asyncio.sleep(2)
-            async with self._synced:
-                self._synced.notify_all()
-
-    async def _maintain_e2e(self) -> None:
-        """The key housekeeping nio's sync_forever does between syncs."""
-        c = self.client
-        async with self._e2e_lock:
-            await maintain_keys(c)
-
-    async def _wait_for(self, predicate: Callable[[], bool], seconds: float, why: str) -> None:
-        """Re-checks `predicate` after every sync until it holds; ChatError(why) after `seconds`."""
-        try:
-            async with asyncio.timeout(seconds), self._synced:
-                await self._synced.wait_for(predicate)
-        except TimeoutError:
-            raise ChatError(why) from None
-
-    # --- showing what the bot says --------------------------------------------------------
-
-    def _show(self, resp: SyncResponse) -> None:
-        info = resp.rooms.join.get(self.room_id or "")
-        if info is None:
-            return
-        for event in info.timeline.events:
-            if getattr(event, "sender", None) != self.bot_id:
-                continue
-            if isinstance(event, RoomMessage):
-                self.terminal.bot(_strip_reply_fallback(event.source.get("content", {})))
-            elif isinstance(event, MegolmEvent):
-                # The room key often arrives a sync after the message.
-                self._undecrypted[event.event_id] = (event, time.monotonic())
-
-    def _retry_undecrypted(self) -> None:
-        for event_id, (event, since) in list(self._undecrypted.items()):
-            try:
-                decrypted = self.client.decrypt_event(event)
-            except EncryptionError:
-                decrypted = None
-            if isinstance(decrypted, RoomMessage):
-                del self._undecrypted[event_id]
-                self.terminal.bot(_strip_reply_fallback(decrypted.source.get("content", {})))
-            elif time.monotonic() - since > UNDECRYPTABLE_AFTER_S:
-                del self._undecrypted[event_id]
-                self.terminal.bot("[an encrypted message this device has no key for]")
-
-    # --- sending --------------------------------------------------------------------------
-
-    async def say(self, text: str) -> None:
-        assert self.room_id is not None
-        await self._know_bot_devices()
-        try:
-            async with self._e2e_lock:
-                resp = await self.client.room_send(
-                    self.room_id,
-                    "m.room.message",
-                    {"msgtype": "m.text", "body": text},
-                    ignore_unverified_devices=True,
-                )
-        except TRANSPORT_ERRORS as exc:
-            self.terminal.line(f"(not sent: {exc!r})")
-            return
-        if not isinstance(resp, RoomSendResponse):
-            self.terminal.line(f"(not sent: {getattr(resp, 'message', resp)})")
-
-    async def _know_bot_devices(self) -> None:
-        """nio shares the room key only with devices it knows; the bot's may be brand new."""
-        c = self.client
-        deadline = time.monotonic() + DEVICE_WAIT_S
-        while next(c.device_store.active_user_devices(self.bot_id), None) is None:
-            if time.monotonic() > deadline:
-                self.terminal.line(f"({self.bot_id} has no encryption keys yet; sending anyway)")
-                return
-            assert c.olm is not None
-            c.olm.users_for_key_query.add(self.bot_id)
-            async with self._e2e_lock:
-                with contextlib.suppress(*TRANSPORT_ERRORS):
-                    await c.keys_query()
-            await asyncio.sleep(0.25)
-
-    async def close(self) -> None:
-        """Stops syncing; the device is kept (logging out would lose its keys)."""
-        if self._sync_task is not None:
-            self._sync_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sync_task
-        await self.client.close()
 
 
 def _password_prompt(user_id: str, password: str | None) -> Callable[[], str]:
@@ -545,11 +355,11 @@ async def run_chat(
 ) -> None:
     """Chats until end of input. Raises ChatError when it cannot log in or reach the server."""
     terminal = Terminal(out or sys.stdout, echo=not sys.stdin.isatty())
-    chat = ChatClient(homeserver, user_id, bot_id, state_dir, terminal)
+    chat = await Chat.open(
+        homeserver, user_id, bot_id, state_dir, terminal, _password_prompt(user_id, password)
+    )
     try:
-        await chat.login(_password_prompt(user_id, password))
         lines = _start_line_reader(asyncio.get_running_loop())
-        await chat.open_direct_room()
         terminal.banner(
             f"Chatting with {bot_id} as {user_id}. Type {prefix}help. Ctrl-D or Ctrl-C to quit."
         )

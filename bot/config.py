@@ -10,12 +10,20 @@ import re
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 import yaml
 from apscheduler.triggers.cron import CronTrigger
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 
 from bot import timeutil
 from bot.roadmap import yaml_problem
@@ -33,7 +41,20 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+def _parsed(parse: Any) -> BeforeValidator:
+    """Validation that keeps what it parsed: a value given as text becomes the parsed value
+    (a default is given parsed already)."""
+    return BeforeValidator(lambda value: parse(value) if isinstance(value, str | list) else value)
+
+
+# Values as the rest of the bot uses them; written in the YAML as "3d", "Europe/Berlin", ...
+Duration = Annotated[timedelta, _parsed(timeutil.parse_duration)]
+Zone = Annotated[ZoneInfo, _parsed(timeutil.parse_timezone)]
+WorkingDays = Annotated[frozenset[int], _parsed(timeutil.parse_working_days)]
+QuietHours = Annotated[timeutil.QuietHours | None, _parsed(timeutil.parse_quiet_hours)]
 
 
 def _check_mxid(value: str) -> str:
@@ -93,36 +114,24 @@ class BotConfig(_Section):
     allowed_servers: list[str] = Field(default_factory=list)
     greeting: bool = True
     # Commands older than this are not answered (the bot was down far longer than anyone waits).
-    max_event_age: str = "7d"
+    max_event_age: Duration = timedelta(days=7)
     # Mentor answers (!status, !history, !team) in a room where non-mentors read along go to
     # the mentor's direct chat instead, unless this is true.
     mentor_commands_in_rooms: bool = False
     # Flood control per sender: at most flood_limit commands per flood_window; then one
     # "slow down" notice and silence until the window has passed.
     flood_limit: int = Field(default=10, ge=1)
-    flood_window: str = "10s"
+    flood_window: Duration = timedelta(seconds=10)
     # Invites beyond these are declined: rooms one non-mentor may bring the bot into, and
     # rooms in all.
     max_rooms_per_inviter: int = Field(default=5, ge=0)
     max_rooms: int = Field(default=1000, ge=1)
-
-    @field_validator("flood_window")
-    @classmethod
-    def _window(cls, value: str) -> str:
-        timeutil.parse_duration(value)
-        return value
 
     @field_validator("command_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
         if any(c.isspace() or c.isalnum() for c in value):
             raise ValueError(f"{value!r} must be punctuation without spaces, e.g. '!'")
-        return value
-
-    @field_validator("max_event_age")
-    @classmethod
-    def _age(cls, value: str) -> str:
-        timeutil.parse_duration(value)
         return value
 
 
@@ -151,71 +160,37 @@ def _check_crontab(value: str) -> str:
     return value
 
 
-def _check_timezone(value: str) -> str:
-    timeutil.parse_timezone(value)
-    return value
+class _Scheduled(_Section):
+    """A job's crontab in its time zone; `trigger` is what the scheduler runs on."""
+
+    schedule: str
+    timezone: Zone = ZoneInfo("UTC")
+    _trigger: CronTrigger = PrivateAttr()
+
+    _schedule = field_validator("schedule")(_check_crontab)
+
+    def model_post_init(self, _context: Any) -> None:
+        self._trigger = CronTrigger.from_crontab(self.schedule, timezone=self.timezone)
+
+    @property
+    def trigger(self) -> CronTrigger:
+        return self._trigger
 
 
-class NudgesConfig(_Section):
+class NudgesConfig(_Scheduled):
     enabled: bool = True
     schedule: str = "0 10 * * mon-fri"
-    timezone: str = "UTC"
-    idle_after: str = "3d"
+    idle_after: Duration = timedelta(days=3)
     target: Literal["dm", "team"] = "dm"
     escalate_after: int = Field(default=3, ge=1, le=100)
-    working_days: list[str] = Field(default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"])
-    quiet_hours: str | None = "20:00-08:00"
+    working_days: WorkingDays = timeutil.DEFAULT_WORKING_DAYS
+    quiet_hours: QuietHours = timeutil.parse_quiet_hours("20:00-08:00")
     # A mentor's !nudge of the same newcomer at most once per this long.
-    manual_cooldown: str = "1h"
-
-    _schedule = field_validator("schedule")(_check_crontab)
-    _tz = field_validator("timezone")(_check_timezone)
-
-    @field_validator("idle_after", "manual_cooldown")
-    @classmethod
-    def _idle(cls, value: str) -> str:
-        timeutil.parse_duration(value)
-        return value
-
-    @field_validator("working_days")
-    @classmethod
-    def _days(cls, value: list[str]) -> list[str]:
-        timeutil.parse_working_days(value)
-        return value
-
-    @field_validator("quiet_hours")
-    @classmethod
-    def _quiet(cls, value: str | None) -> str | None:
-        timeutil.parse_quiet_hours(value)
-        return value
-
-    @property
-    def idle_delta(self) -> timedelta:
-        return timeutil.parse_duration(self.idle_after)
-
-    @property
-    def manual_cooldown_delta(self) -> timedelta:
-        return timeutil.parse_duration(self.manual_cooldown)
-
-    @property
-    def zone(self) -> ZoneInfo:
-        return timeutil.parse_timezone(self.timezone)
-
-    @property
-    def working_day_set(self) -> frozenset[int]:
-        return timeutil.parse_working_days(self.working_days)
-
-    @property
-    def quiet(self) -> timeutil.QuietHours | None:
-        return timeutil.parse_quiet_hours(self.quiet_hours)
+    manual_cooldown: Duration = timedelta(hours=1)
 
 
-class DigestConfig(_Section):
+class DigestConfig(_Scheduled):
     schedule: str = "0 9 * * mon"
-    timezone: str = "UTC"
-
-    _schedule = field_validator("schedule")(_check_crontab)
-    _tz = field_validator("timezone")(_check_timezone)
 
 
 class PeopleConfig(_Section):

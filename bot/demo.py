@@ -12,34 +12,18 @@ import importlib.util
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-import bot
 from bot.chat import ChatError, quiet_library_logs, run_chat, state_dir_for
-from bot.devserver import (
-    DevSynapse,
-    NotReady,
-    SynapseError,
-    bot_config,
-    spawn,
-    stop_process,
-    wait_for_log,
-)
+from bot.dev.launcher import SOURCE_ROOT, BotLauncher, bot_config
+from bot.dev.process import NotReady
+from bot.dev.synapse import DevSynapse, SynapseError
 from bot.identity import RECOVERY_KEY_FILE
 
 EXIT_OK, EXIT_FAILURE = 0, 1
-READY = "first sync done; ready for commands"
-BOT_READY_TIMEOUT_S = 120.0
-PACKAGE_ROOT = Path(bot.__file__).resolve().parent.parent
-# The bot reads its password and any config key from ONBOARDING_BOT_* variables; the demo's
-# bot must use the demo's config, not whatever the shell has set for a real deployment.
-BOT_ENV_PREFIX = "ONBOARDING_BOT_"
 
 
 @dataclass(frozen=True)
@@ -60,11 +44,11 @@ class DemoError(RuntimeError):
 
 def find_roadmap() -> Path:
     """The repository's roadmap.yaml, next to the package (editable install) or in cwd."""
-    for candidate in (PACKAGE_ROOT / "roadmap.yaml", Path.cwd() / "roadmap.yaml"):
+    for candidate in (SOURCE_ROOT / "roadmap.yaml", Path.cwd() / "roadmap.yaml"):
         if candidate.is_file():
             return candidate.resolve()
     raise DemoError(
-        f"no roadmap.yaml next to the package ({PACKAGE_ROOT}) or in {Path.cwd()}; "
+        f"no roadmap.yaml next to the package ({SOURCE_ROOT}) or in {Path.cwd()}; "
         "run the demo from the repository"
     )
 
@@ -82,16 +66,31 @@ def _alive(pid: int) -> bool:
 class Demo:
     """The demo's folder and the two processes it runs there."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, roadmap: Path) -> None:
         self.workdir = workdir.resolve()
-        self.config_path = self.workdir / "config.yaml"
-        self.log_path = self.workdir / "bot.log"
         # Which processes belong to this run: for `ps`, for a second demo, and for the tests.
         self.pids_path = self.workdir / "pids.json"
+        self._claim()
         self.synapse = DevSynapse(self.workdir / "synapse")
-        self.bot_proc: subprocess.Popen[bytes] | None = None
+        self.bot = BotLauncher(
+            self.workdir,
+            bot_config(
+                self.synapse.url,
+                self.synapse.mxid(BOT.localpart),
+                BOT.password,
+                {
+                    "people": {"mentors": [self.synapse.mxid(MENTOR.localpart)]},
+                    "nudges": {"enabled": True},
+                    "logging": {"level": "INFO"},
+                },
+                device_name="onboarding-bot demo",
+                roadmap=roadmap,
+            ),
+            header="# Written by `onboarding-bot demo` on every start; edits are overwritten.\n",
+        )
+        self._write_pids()
 
-    def claim(self) -> None:
+    def _claim(self) -> None:
         """Refuses to share the folder (and its databases) with a demo that is still running."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(OSError, ValueError):
@@ -102,31 +101,10 @@ class Demo:
                     f"another demo (pid {pid}) is running in {self.workdir}; stop it first "
                     "or use --dir"
                 )
-        self._write_pids()
 
     def _write_pids(self) -> None:
-        pids = {
-            "demo": os.getpid(),
-            "synapse": self.synapse.pid,
-            "bot": self.bot_proc.pid if self.bot_proc is not None else None,
-        }
+        pids = {"demo": os.getpid(), "synapse": self.synapse.pid, "bot": self.bot.pid}
         self.pids_path.write_text(json.dumps(pids), encoding="utf-8")
-
-    def write_config(self, roadmap: Path) -> None:
-        config = bot_config(
-            self.synapse.url,
-            self.synapse.mxid(BOT.localpart),
-            BOT.password,
-            {
-                "people": {"mentors": [self.synapse.mxid(MENTOR.localpart)]},
-                "nudges": {"enabled": True},
-                "logging": {"level": "INFO"},
-            },
-            device_name="onboarding-bot demo",
-            roadmap=roadmap,
-        )
-        header = "# Written by `onboarding-bot demo` on every start; edits are overwritten.\n"
-        self.config_path.write_text(header + yaml.safe_dump(config, sort_keys=False))
 
     async def start_synapse(self) -> None:
         await self.synapse.start()
@@ -135,36 +113,14 @@ class Demo:
         self._write_pids()
 
     async def start_bot(self) -> None:
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        env = {k: v for k, v in os.environ.items() if not k.startswith(BOT_ENV_PREFIX)}
-        # The child finds this very package even when it is not installed.
-        env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")])
-        )
-        self.bot_proc = spawn(
-            [sys.executable, "-m", "bot", "run", "--config", str(self.config_path)],
-            cwd=self.workdir,
-            log_path=self.log_path,
-            env=env,
-        )
-        self._write_pids()
         try:
-            await wait_for_log(
-                self.log_path,
-                READY,
-                self.bot_proc,
-                offset=offset,
-                timeout=BOT_READY_TIMEOUT_S,
-                poll=0.1,
-                what="the bot",
-            )
-        except NotReady as exc:
-            raise DemoError(str(exc)) from None
+            await self.bot.start()
+        finally:
+            self._write_pids()
 
     async def stop(self) -> None:
         """Bot first (it may still be sending), then Synapse; each SIGTERM, then SIGKILL."""
-        if self.bot_proc is not None:
-            await stop_process(self.bot_proc)
+        await self.bot.stop()
         await self.synapse.stop()
 
     def instructions(self, seconds: float) -> str:
@@ -182,27 +138,26 @@ class Demo:
             "  Edit the homeserver → the URL above, then sign in as one of\n"
             f"{users}\n"
             "  Or chat as the mentor from another terminal:\n"
-            f"    {sys.executable} -m bot chat --config {self.config_path} "
+            f"    {sys.executable} -m bot chat --config {self.bot.config_path} "
             f"--as {s.mxid(MENTOR.localpart)} --password {MENTOR.password}\n"
-            f"  Bot log: {self.log_path}\n"
+            f"  Bot log: {self.bot.log_path}\n"
             f"  The bot's recovery key (to open its account in Element, or to bring it back "
             f"with its identity): {self.recovery_key_path}\n"
         )
 
     @property
     def recovery_key_path(self) -> Path:
-        return self.workdir / "data" / RECOVERY_KEY_FILE
+        return self.bot.data_dir / RECOVERY_KEY_FILE
 
 
 async def run_demo(workdir: Path) -> None:
     began = time.monotonic()
-    demo = Demo(workdir)
     roadmap = find_roadmap()
     if importlib.util.find_spec("synapse") is None:
         raise DemoError(
             "matrix-synapse is not installed: run `make demo`, or pip install -e '.[demo]'"
         )
-    demo.claim()
+    demo = Demo(workdir, roadmap)
     # Ctrl-C, SIGTERM and SIGHUP (terminal closed) all end the demo through the cleanup below,
     # even when a shell started it in the background with SIGINT ignored.
     loop = asyncio.get_running_loop()
@@ -222,8 +177,7 @@ async def run_demo(workdir: Path) -> None:
     try:
         print(f"Starting a local Synapse homeserver in {demo.synapse.workdir} …", flush=True)
         await demo.start_synapse()
-        demo.write_config(roadmap)
-        print(f"Starting the bot (log: {demo.log_path}) …", flush=True)
+        print(f"Starting the bot (log: {demo.bot.log_path}) …", flush=True)
         await demo.start_bot()
         print(demo.instructions(time.monotonic() - began), flush=True)
         newcomer = demo.synapse.mxid(NEWCOMER.localpart)
@@ -232,7 +186,7 @@ async def run_demo(workdir: Path) -> None:
             demo.synapse.mxid(BOT.localpart),
             newcomer,
             NEWCOMER.password,
-            state_dir_for(demo.workdir / "data", newcomer),
+            state_dir_for(demo.bot.data_dir, newcomer),
         )
     finally:
         cleaning.set()
@@ -248,7 +202,7 @@ def main(workdir: Path) -> int:
         asyncio.run(run_demo(workdir))
     except (KeyboardInterrupt, asyncio.CancelledError):
         pass
-    except (DemoError, SynapseError, ChatError) as exc:
+    except (DemoError, SynapseError, NotReady, ChatError) as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK

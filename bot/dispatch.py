@@ -10,11 +10,12 @@ import hashlib
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from bot import progress as rules
+from bot import texts
 from bot.commands.registry import (
     MAX_COMMAND_LENGTH,
     Command,
@@ -22,23 +23,18 @@ from bot.commands.registry import (
     Ctx,
     Outcome,
     Role,
-    Services,
     invoke,
     parse,
     unknown_command_reply,
 )
+from bot.markup import Reply
 from bot.metrics import Metrics
 from bot.ops import Send
-from bot.render import Code, Reply, text
 from bot.roadmap import Roadmap
 from bot.store import CommandRecord, OutboxItem, Store
+from bot.team import Team
 
 log = logging.getLogger(__name__)
-
-OOPS = text(
-    "Sorry, something went wrong on my side with that command; it has been logged. "
-    "Please try again later, or tell a mentor if it keeps happening."
-)
 
 
 @dataclass(frozen=True)
@@ -111,22 +107,6 @@ class FloodGate:
             seen.remove(ts_ms)
 
 
-@dataclass(frozen=True)
-class People:
-    """Roles from the config; mentors may also be found by power level in the team room."""
-
-    mentors: frozenset[str] = frozenset()
-    admins: frozenset[str] = frozenset()
-    power_level: Callable[[str], int] = field(default=lambda _user: 0)
-
-    def role_of(self, user_id: str) -> Role:
-        if user_id in self.admins:
-            return Role.ADMIN
-        if user_id in self.mentors or self.power_level(user_id) >= 50:
-            return Role.MENTOR
-        return Role.NEWCOMER
-
-
 def reply_txn_id(event_id: str) -> str:
     """The same command always yields the same transaction id, so a re-send is deduplicated."""
     return "reply-" + hashlib.sha256(event_id.encode()).hexdigest()[:32]
@@ -156,11 +136,11 @@ class Dispatcher:
     def __init__(
         self,
         *,
-        roadmap: Roadmap,
+        team: Team,
         commands: CommandSet,
         store: Store,
-        people: People,
-        services: Services,
+        server_name: str,
+        load_roadmap: Callable[[], Roadmap],
         prefix: str,
         mentor_commands_in_rooms: bool = False,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -169,11 +149,11 @@ class Dispatcher:
     ) -> None:
         self.metrics = metrics
         self.flood = flood or FloodGate()
-        self.roadmap = roadmap
+        self.team = team
         self.commands = commands
-        self.store = store
-        self.people = people
-        self.services = services
+        self.store = store  # handlers read it only through the `Reader` in their Ctx
+        self.server_name = server_name
+        self.load_roadmap = load_roadmap
         self.prefix = prefix
         self.mentor_commands_in_rooms = mentor_commands_in_rooms
         self.clock = clock
@@ -233,10 +213,7 @@ class Dispatcher:
                 self.metrics.commands.labels(label, "flood").inc()
             return None
         if verdict == "warn":
-            slow = text(
-                f"Slow down, please: at most {self.flood.limit} commands in "
-                f"{self.flood.window_ms // 1000} seconds. I'll ignore the next few."
-            )
+            slow = texts.slow_down(self.flood.limit, self.flood.window_ms // 1000)
             outcome, finished = Outcome(slow, outcome="flood"), None
         else:
             try:
@@ -247,7 +224,7 @@ class Dispatcher:
                 log.exception(
                     "command %r failed", name, extra={"room": msg.room_id, "sender": msg.sender}
                 )
-                outcome, finished = Outcome(OOPS, outcome="error"), None
+                outcome, finished = Outcome(texts.OOPS, outcome="error"), None
         reply = reply_content(outcome.reply, msg.event_id)
         txn = reply_txn_id(msg.event_id)
         # What is private is the answer of a command that ran: a refusal or a usage error says
@@ -268,10 +245,7 @@ class Dispatcher:
         ]
         if private and not msg.is_direct:
             # Others read this room: the answer goes to the mentor's direct chat instead.
-            note = text(
-                "I've sent you the answer in our direct chat, where only you can read it "
-                "(if you're not in it yet, I've invited you)."
-            )
+            note = texts.ANSWERED_IN_DIRECT_CHAT
             first = [
                 (txn, Send("reply", reply_content(note, msg.event_id), room_id=msg.room_id)),
                 (
@@ -309,7 +283,7 @@ class Dispatcher:
                 await self._swap_roadmap(p.outcome.new_roadmap, p.record.at)
 
     async def _swap_roadmap(self, roadmap: Roadmap, now: datetime) -> None:
-        self.roadmap = roadmap
+        self.team.swap(roadmap=roadmap)
         finished = {}
         for user_id in await self.store.known_users():
             progress = await self.store.load_progress(user_id)
@@ -320,35 +294,25 @@ class Dispatcher:
         self, msg: Incoming, cmd: Command | None, name: str, args: str, now: datetime
     ) -> tuple[Outcome, bool | None]:
         if len(msg.body) > MAX_COMMAND_LENGTH:
-            return Outcome(
-                text(
-                    f"That message is too long for a command (over {MAX_COMMAND_LENGTH} "
-                    "characters); I have ignored it."
-                ),
-                outcome="too_long",
-            ), None
-        role = self.people.role_of(msg.sender)
+            return Outcome(texts.too_long(MAX_COMMAND_LENGTH), outcome="too_long"), None
+        team = self.team.state
+        role = team.role_of(msg.sender)
         if cmd is None:
             reply = unknown_command_reply(self.commands, name, role, self.prefix)
             return Outcome(reply, outcome="unknown"), None
         if cmd.role > role:
-            return Outcome(
-                text(
-                    f"Sorry, {self.prefix}{cmd.name} is for {cmd.role.name.lower()}s only. Say ",
-                    Code(f"{self.prefix}help"),
-                    " for the commands you can use.",
-                ),
-                outcome="refused",
-            ), None
+            refusal = texts.role_refused(cmd.name, cmd.role.name.lower(), self.prefix)
+            return Outcome(refusal, outcome="refused"), None
         progress = await self.store.load_progress(msg.sender)
         enrolled: tuple[rules.Change, ...] = ()
         if cmd.enrolls:
-            change = rules.enroll(self.roadmap, progress)
+            change = rules.enroll(team.roadmap, progress)
             if change is not None:
                 enrolled = (change,)
                 progress = rules.apply(progress, change, now)
         ctx = Ctx(
-            roadmap=self.roadmap,
+            team=team,
+            reader=self.store,
             prefix=self.prefix,
             sender=msg.sender,
             room_id=msg.room_id,
@@ -356,8 +320,8 @@ class Dispatcher:
             role=role,
             progress=progress,
             commands=self.commands,
-            services=self.services,
-            role_of=self.people.role_of,
+            server_name=self.server_name,
+            load_roadmap=self.load_roadmap,
             formatted_body=msg.formatted_body,
         )
         outcome = await invoke(cmd, ctx, args)
@@ -366,5 +330,5 @@ class Dispatcher:
             after = progress
             for change in outcome.changes:
                 after = rules.apply(after, change, now)
-            finished = rules.is_finished(self.roadmap, after)
+            finished = rules.is_finished(team.roadmap, after)
         return replace(outcome, changes=enrolled + outcome.changes), finished

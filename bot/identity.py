@@ -67,6 +67,11 @@ def write_private(path: Path, text: str) -> None:
     os.chmod(path, 0o600)
 
 
+def write_session(data_dir: Path, session: Session) -> None:
+    """Saves the session, owner-only: it holds the access token."""
+    write_private(data_dir / SESSION_FILE, json.dumps(asdict(session), indent=2))
+
+
 def read_session(data_dir: Path) -> Session | None:
     """The saved session, or None when there is none or it cannot be read."""
     path = data_dir / SESSION_FILE
@@ -208,9 +213,6 @@ class Identity:
             return None
         return session
 
-    def _save_session(self, session: Session) -> None:
-        write_private(self.session_path, json.dumps(asdict(session), indent=2))
-
     async def login(self) -> None:
         """Reuses the saved device when there is one: a new device per start breaks E2EE."""
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -226,14 +228,14 @@ class Identity:
                     f"the configured access_token was refused by {m.homeserver}: {who}"
                 )
             session = Session(m.homeserver, who.user_id, who.device_id, m.access_token)
-            self._save_session(session)
+            write_session(self.data_dir, session)
         elif session is None:
             resp = await self.client.login(m.password, device_name=m.device_name)
             if not isinstance(resp, LoginResponse):
                 why = getattr(resp, "message", resp)
                 raise FatalMatrixError(f"login as {m.user_id} on {m.homeserver} failed: {why}")
             session = Session(m.homeserver, resp.user_id, resp.device_id, resp.access_token)
-            self._save_session(session)
+            write_session(self.data_dir, session)
             log.info("logged in as %s, new device %s", resp.user_id, resp.device_id)
         self.client.restore_login(session.user_id, session.device_id, session.access_token)
         log.info("using device %s of %s", session.device_id, session.user_id)

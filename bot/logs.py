@@ -10,6 +10,9 @@ from datetime import UTC, datetime
 
 from bot.config import LoggingConfig
 
+# The line that says the bot is up: the dev kit, the demo and the benchmarks wait for it.
+READY = "first sync done; ready for commands"
+
 CONTEXT_FIELDS = ("room", "sender")
 # Synapse access tokens, and tokens in URLs, whatever logged them. A URL's token ends at a
 # quote or backslash too: in a JSON line, the rest of the line has no whitespace.

@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from nio import (
@@ -24,19 +23,21 @@ from nio import (
     SyncResponse,
 )
 
+from bot import texts
+from bot.clock import ServerClock, join_time_ms
 from bot.commands.registry import Role
 from bot.config import Config
 from bot.dispatch import Dispatcher, Incoming, reply_content
 from bot.e2e import DeviceTrust, maintain_keys
 from bot.identity import FatalMatrixError, Identity, bot_client
+from bot.logs import READY
 from bot.metrics import Metrics
 from bot.ops import Send
 from bot.outbox import TRANSPORT_ERRORS, Backoff, Outbox, is_private_with
 from bot.recent import Recent
-from bot.render import Code, Message
 from bot.store import Store
+from bot.team import Team
 from bot.team_room import TeamRoom
-from bot.timeutil import parse_duration
 
 __all__ = ["FatalMatrixError", "MatrixBot"]
 
@@ -55,9 +56,17 @@ HEALTHY_SYNC_AGE = 90.0  # seconds; a long-poll sync returns at least every 30 s
 
 class MatrixBot:
     def __init__(
-        self, config: Config, store: Store, dispatcher: Dispatcher, metrics: Metrics
+        self,
+        config: Config,
+        store: Store,
+        dispatcher: Dispatcher,
+        team: Team,
+        metrics: Metrics,
+        clock: ServerClock,
     ) -> None:
         self.config = config
+        self.team = team
+        self.clock = clock
         self.metrics = metrics
         self.store = store
         self.dispatcher = dispatcher
@@ -76,9 +85,12 @@ class MatrixBot:
             encrypt_new_rooms=config.matrix.encryption,
             stopping=self._stopping,
             e2e_lock=self._e2e_lock,
+            clock=clock,
         )
-        self.team = TeamRoom(self.client, store, config.rooms.team, frozenset(config.people.admins))
-        self.max_event_age_ms = int(parse_duration(config.bot.max_event_age).total_seconds() * 1000)
+        self.team_room = TeamRoom(
+            self.client, store, config.rooms.team, frozenset(config.people.admins)
+        )
+        self.max_event_age_ms = int(config.bot.max_event_age.total_seconds() * 1000)
         self.last_sync_ok: float | None = None
         self.sync_failing = False
         self._inbox: list[tuple[Incoming, float]] = []  # this sync's commands, as they arrived
@@ -96,8 +108,18 @@ class MatrixBot:
     async def login(self) -> None:
         """Logs in (reusing the saved device) and makes sure the device is cross-signed."""
         await self.identity.login()
+        await self._check_clock()
         if self.config.matrix.encryption:
             await self.identity.ensure()
+
+    async def _check_clock(self) -> None:
+        try:
+            await self.clock.check(self.client)
+        except TRANSPORT_ERRORS as exc:
+            log.warning("could not compare the clock with the homeserver's: %r", exc)
+            return
+        self.metrics.clock_offset.set(self.clock.offset.total_seconds())
+        self.metrics.clock_skewed.set(1 if self.clock.skewed else 0)
 
     # --- the sync loop --------------------------------------------------------------------
 
@@ -120,7 +142,7 @@ class MatrixBot:
     async def run(self) -> None:
         first = await self.store.get_value(FIRST_START_KEY)
         if first is None:
-            first = str(int(time.time() * 1000))
+            first = str(self.clock.now_ms())
             await self.store.set_value(FIRST_START_KEY, first)
         self._first_start_ms = int(first)
         token = await self.store.get_value(SYNC_TOKEN_KEY)
@@ -168,8 +190,12 @@ class MatrixBot:
             assert isinstance(resp, SyncResponse)
             backoff.reset()
             if full_state:
-                log.info("first sync done; ready for commands")
+                # Before the commands that waited for the bot: a mentor's needs the room.
+                await self.join_team_room()
+                log.info(READY)
                 self.synced.set()
+            elif self.team_room.changed_in(resp):
+                self._mentors_by_power()
             full_state = False
             await self._handle_inbox()  # committed before the token moves past them
             self.outbox.wake()
@@ -191,6 +217,8 @@ class MatrixBot:
             await asyncio.wait_for(self._stopping.wait(), timeout=delay)
 
     async def _after_sync(self) -> None:
+        if self.clock.due():
+            await self._check_clock()
         try:
             async with self._e2e_lock:
                 await maintain_keys(self.client, self.trust)
@@ -239,11 +267,11 @@ class MatrixBot:
             await self.client.room_leave(room_id)
             return
         known = await self.store.room_joined_at(room_id) is not None
-        joined_ms = int(time.time() * 1000)
         resp = await self.client.join(room_id)
         if getattr(resp, "room_id", None) != room_id:
             log.warning("could not join %s: %s", room_id, resp)
             return
+        joined_ms = await join_time_ms(self.client, room_id) or self.clock.now_ms()
         await self.store.set_room_joined(room_id, joined_ms, inviter)
         log.info("joined on invite", extra={"room": room_id, "sender": inviter})
         if self.config.bot.greeting and not known:
@@ -255,28 +283,19 @@ class MatrixBot:
             return "the inviter's server is not in bot.allowed_servers"
         if len(self.client.rooms) >= bot.max_rooms:
             return f"the bot is in bot.max_rooms ({bot.max_rooms}) rooms already"
-        if self.dispatcher.people.role_of(inviter) >= Role.MENTOR:
+        if self.team.state.role_of(inviter) >= Role.MENTOR:
             return None
         if await self.store.rooms_invited_by(inviter) >= bot.max_rooms_per_inviter:
             return f"the inviter has bot.max_rooms_per_inviter ({bot.max_rooms_per_inviter}) rooms"
         return None
 
     async def _greet(self, room_id: str) -> None:
-        p = self.config.bot.command_prefix
-        reply = (
-            Message()
-            .line(
-                "Hello! I'm your onboarding mentor. I walk you through the team's roadmap one "
-                "step at a time and keep track of your progress."
-            )
-            .line("Say ", Code(f"{p}start"), " to begin, or ", Code(f"{p}help"), " for commands.")
-            .reply()
-        )
+        reply = texts.greeting(self.config.bot.command_prefix)
         txn = "greet-" + hashlib.sha256(room_id.encode()).hexdigest()[:32]
         await self.store.commit_job(
             ops=(),
             messages=[(txn, Send("greeting", reply.content(), room_id=room_id))],
-            at=datetime.now(UTC),
+            at=self.clock.now(),
         )
 
     async def _on_message(self, room: MatrixRoom, event: RoomMessageText) -> None:
@@ -290,7 +309,7 @@ class MatrixBot:
         if not self.dispatcher.is_command(event.body):
             return
         joined = await self.store.room_joined_at(room.room_id) or self._first_start_ms
-        now_ms = int(time.time() * 1000)
+        now_ms = self.clock.now_ms()
         if (
             event.server_timestamp < joined
             or now_ms - event.server_timestamp > self.max_event_age_ms
@@ -335,16 +354,7 @@ class MatrixBot:
         )
         if not self._told_insecure.first((event.sender, which)):
             return False
-        note = (
-            Message()
-            .line(
-                f"🔒 I don't take commands from this session ({which}): it isn't verified, "
-                "so I can't be sure it's really you, and I don't share my encryption keys "
-                "with it. Verify it from another of your sessions (or set up cross-signing "
-                "in your client's security settings), then send the command again."
-            )
-            .reply()
-        )
+        note = texts.insecure_session(which)
         txn = "insecure-" + hashlib.sha256(f"{event.sender}/{which}".encode()).hexdigest()[:32]
         await self.store.commit_job(
             ops=(),
@@ -359,7 +369,7 @@ class MatrixBot:
                     ),
                 )
             ],
-            at=datetime.now(UTC),
+            at=self.clock.now(),
         )
         return False
 
@@ -395,16 +405,7 @@ class MatrixBot:
                 await self.client.request_room_key(event)
         if not self._told_undecryptable.first(sender):
             return
-        note = (
-            Message()
-            .line(
-                "🔒 I couldn't decrypt your message: my device never received its key. "
-                "I've asked your devices for it. Please send the command again; if it keeps "
-                "happening, make sure your client shares keys with unverified devices, or "
-                "start a new direct chat with me."
-            )
-            .reply()
-        )
+        note = texts.UNDECRYPTABLE
         txn = (
             "undecryptable-"
             + hashlib.sha256(f"{sender}/{event.event_id}".encode()).hexdigest()[:32]
@@ -413,21 +414,21 @@ class MatrixBot:
         await self.store.commit_job(
             ops=(),
             messages=[(txn, Send("undecryptable", content, room_id=room.room_id))],
-            at=datetime.now(UTC),
+            at=self.clock.now(),
         )
 
     # --- the team room ----------------------------------------------------------------------
 
     async def join_team_room(self) -> None:
         """Joins rooms.team (pinned; see team_room.py), where mentors are found by power."""
-        await self.team.join()
+        await self.team_room.join()
+        self.team.swap(team_room=self.team_room.room_id)
+        self._mentors_by_power()
 
-    @property
-    def team_room_id(self) -> str | None:
-        return self.team.room_id
-
-    def power_level(self, user_id: str) -> int:
-        return self.team.power_level(user_id)
+    def _mentors_by_power(self) -> None:
+        mentors = self.team_room.mentors()
+        if mentors != self.team.state.mentors_by_power:
+            self.team.swap(mentors_by_power=mentors)
 
     async def close(self) -> None:
         await self.client.close()

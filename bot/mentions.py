@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from urllib.parse import unquote
 
-from bot.render import Reply, echo, text
+from bot import texts
+from bot.markup import Reply
 
 # Kept identical to bot.config.MXID (a test checks); not imported, so this core needs no pydantic.
 MXID_RE = re.compile(r"^@[^:\s]+:[A-Za-z0-9.\-]+(:\d+)?$")
@@ -118,35 +119,14 @@ def resolve_user(
     name = token.removeprefix("@")
     example = f"@{name}:{default_server}"
     if not name or not _is_mxid(example):
-        return Resolved(
-            None,
-            text(
-                echo(token),
-                f" is not a user; write an id like @name:{default_server} or a mention.",
-            ),
-        )
+        return Resolved(None, texts.not_a_user(token, default_server))
     wanted = name.lower()
     matches = sorted({u for u in known_users if _is_mxid(u) and _localpart(u).lower() == wanted})
     if len(matches) == 1:
         return Resolved(matches[0])
     if matches:
-        return Resolved(
-            None,
-            text(
-                echo(token), f" could be several people: {', '.join(matches)}; write the full id."
-            ),
-            tuple(matches),
-        )
-    return Resolved(
-        None,
-        text(
-            "I don't know anyone called ",
-            echo(token),
-            "; if you mean ",
-            echo(example),
-            ", write the full id.",
-        ),
-    )
+        return Resolved(None, texts.several_people(token, matches), tuple(matches))
+    return Resolved(None, texts.nobody_called(token, example))
 
 
 def _pill_spans(body_args: str, links: list[tuple[str, str]]) -> list[tuple[int, int, str]] | None:

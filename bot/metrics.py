@@ -61,5 +61,17 @@ class Metrics:
             registry=r,
         )
 
+        self.clock_offset = Gauge(
+            "onboarding_clock_offset_seconds",
+            "The homeserver's clock minus this machine's, as last measured",
+            registry=r,
+        )
+        self.clock_skewed = Gauge(
+            "onboarding_clock_skewed",
+            "1 while this machine's clock is more than 5 minutes off the homeserver's "
+            "(nudges are held)",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,4 +1,4 @@
-"""Nudge rules: who needs attention, whom to nudge now, and what the nudge says. Pure.
+"""Nudge rules: who needs attention, whom to nudge now, and how a nudge is addressed. Pure.
 
 Idle time counts working days only, judged in each newcomer's own time zone; nobody is nudged
 on a day off or inside quiet hours.
@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from bot import texts
+from bot.markup import Mention, Reply
 from bot.ops import Send
-from bot.render import Code, Link, Mention, Message, Reply
 from bot.roadmap import Roadmap, Step
 from bot.timeutil import (
     QuietHours,
-    format_duration,
     may_nudge_now,
     parse_timezone,
     working_days_between,
@@ -119,17 +119,14 @@ def attention_reasons(
         return []
     reasons = []
     tz = policy.zone_of(timezone)
-    if not paused and policy.idle_time(last_activity_at, now, tz) >= policy.idle_after:
-        days = policy.idle_days(last_activity_at, now, tz)
-        reasons.append(
-            f"idle {days} working day{'s' if days != 1 else ''}"
-            if days
-            else f"idle {format_duration(policy.idle_time(last_activity_at, now, tz))}"
-        )
+    if not paused:
+        idle = policy.idle_time(last_activity_at, now, tz)
+        if idle >= policy.idle_after:
+            reasons.append(texts.idle_reason(policy.idle_days(last_activity_at, now, tz), idle))
     if nudges_in_row:
-        reasons.append(f"{nudges_in_row} unanswered nudge{'s' if nudges_in_row != 1 else ''}")
+        reasons.append(texts.unanswered_nudges(nudges_in_row))
     if mentor is None:
-        reasons.append("no mentor")
+        reasons.append(texts.NO_MENTOR)
     return reasons
 
 
@@ -159,44 +156,15 @@ def quiet_content(reply: Reply) -> dict[str, object]:
 def nudge_message(
     roadmap: Roadmap, user_id: str, step: Step | None, idle: timedelta, prefix: str
 ) -> dict[str, object]:
-    m = Message().line(
-        "Hi ",
-        pill(user_id),
-        f", it has been {format_duration(idle)} of working time since "
-        "your last step on the roadmap.",
-    )
-    if step is not None:
-        m.line("You are on ", Code(step.number), f" {step.title}.")
-        if step.resources:
-            first = step.resources[0]
-            m.line("A good way back in: ", Link(first.title, first.url), ".")
-    m.line(
-        "Say ",
-        Code(f"{prefix}done"),
-        " when it's finished, ",
-        Code(f"{prefix}next"),
-        " to see it again, or ",
-        Code(f"{prefix}pause 5d"),
-        " if you need a break.",
-    )
-    return notify_content(m.reply(), user_id)
+    return notify_content(texts.nudge(user_id, step, idle, prefix), user_id)
 
 
 def escalation_message(
     user_id: str, step: Step | None, idle: timedelta, nudges: int, mentor_id: str
 ) -> dict[str, object]:
     """The note to one mentor (each gets their own, so it notifies them and nobody else)."""
-    m = Message().line(
-        pill(user_id),
-        f" has been idle for {format_duration(idle)} of working time and has not "
-        f"answered {nudges} nudge{'s' if nudges != 1 else ''}.",
-    )
-    if step is not None:
-        m.line(f"Current step: {step.number} {step.title}.")
-    m.line("Maybe a quick chat would help?")
-    return notify_content(m.reply(), mentor_id)
+    return notify_content(texts.escalation(user_id, step, idle, nudges), mentor_id)
 
 
 def finished_message(user_id: str, roadmap: Roadmap) -> dict[str, object]:
-    m = Message().line("🎉 ", pill(user_id), f" has finished the {roadmap.title}.")
-    return quiet_content(m.reply())
+    return quiet_content(texts.finished_announcement(user_id, roadmap.title))

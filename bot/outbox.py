@@ -33,6 +33,7 @@ from nio import (
     SendRetryError,
 )
 
+from bot.clock import ServerClock, join_time_ms
 from bot.e2e import DeviceTrust
 from bot.identity import api
 from bot.metrics import Metrics
@@ -112,7 +113,9 @@ class Outbox:
         encrypt_new_rooms: bool,
         stopping: asyncio.Event,
         e2e_lock: asyncio.Lock,
+        clock: ServerClock,
     ) -> None:
+        self.clock = clock
         self.client = client
         self.store = store
         self.metrics = metrics
@@ -235,7 +238,8 @@ class Outbox:
             return
         room_id = str(resp.room_id)
         self._opening[user_id] = room_id
-        await self.store.set_room_joined(room_id, int(time.time() * 1000))
+        joined_ms = await join_time_ms(self.client, room_id) or self.clock.now_ms()
+        await self.store.set_room_joined(room_id, joined_ms)
         await self.store.outbox_set_room(user_id, room_id)
         log.info("opened a direct chat", extra={"room": room_id, "sender": user_id})
         await self._record_direct(user_id, room_id)
@@ -349,7 +353,7 @@ class Outbox:
         return _Result(
             False,
             errcode=RATE_LIMITED if status == 429 else data.get("errcode"),
-            why=f"{status} {data.get('error', data)}",
+            why=f"{status} {data.get('errcode', '')} {data.get('error', data)}",
             retry_after_s=retry_ms / 1000 if isinstance(retry_ms, int | float) else None,
         )
 

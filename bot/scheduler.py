@@ -1,4 +1,5 @@
-"""Scheduled jobs (APScheduler 3, AsyncIOScheduler): the nudge sweep and the weekly digest.
+"""Scheduled jobs (APScheduler 3, AsyncIOScheduler): the nudge sweep, the weekly digest, and
+the hourly pruning of handled event ids.
 
 The store is the truth: each run records what it sent, in the same transaction as the queued
 messages, so a restart never sends a nudge twice. A run missed while the bot was down runs
@@ -16,9 +17,9 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from bot.clock import ServerClock
 from bot.metrics import Metrics
 from bot.nudges import (
-    NudgePolicy,
     escalation_message,
     nudge_message,
     nudge_send,
@@ -28,12 +29,14 @@ from bot.nudges import (
 from bot.ops import RecordNudge, Send
 from bot.progress import current_step
 from bot.reports import render_digest
-from bot.roadmap import Roadmap
 from bot.store import Store, ts
+from bot.team import Team
 
 log = logging.getLogger(__name__)
 
-NUDGES, DIGEST = "nudges", "digest"
+NUDGES, DIGEST, PRUNE = "nudges", "digest", "prune"
+# Hourly, off the full hour when the other jobs tend to run.
+PRUNE_TRIGGER = CronTrigger.from_crontab("17 * * * *", timezone=UTC)
 
 
 def job_txn_id(key: str) -> str:
@@ -47,26 +50,25 @@ class Jobs:
         self,
         *,
         store: Store,
-        roadmap: Callable[[], Roadmap],
-        policy: NudgePolicy,
-        mentors: Callable[[], frozenset[str]],
+        team: Team,
         prefix: str,
         on_queued: Callable[[], Awaitable[None]],
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        keep_handled: timedelta = timedelta(days=2),
+        clock: ServerClock | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.metrics = metrics
         self.store = store
-        self.roadmap = roadmap
-        self.policy = policy
-        self.mentors = mentors
+        self.team = team
         self.prefix = prefix
+        self.keep_handled = keep_handled
         self.on_queued = on_queued
-        self.clock = clock
+        self.clock = clock or ServerClock()
 
     async def plan_nudges(self, now: datetime) -> tuple[list[RecordNudge], list[tuple[str, Send]]]:
         """One indexed query for the short list, then the pure rules; nothing is written."""
-        policy, roadmap = self.policy, self.roadmap()
+        team = self.team.state
+        policy, roadmap = team.policy, team.roadmap
         candidates = await self.store.nudge_candidates(now, now - policy.idle_after)
         ops: list[RecordNudge] = []
         messages: list[tuple[str, Send]] = []
@@ -81,7 +83,7 @@ class Jobs:
             content = nudge_message(roadmap, c.user_id, step, idle, self.prefix)
             messages.append((job_txn_id(key), nudge_send(policy, c.user_id, content)))
             if should_escalate(policy, c):
-                mentors = [c.mentor] if c.mentor else sorted(self.mentors())
+                mentors = [c.mentor] if c.mentor else sorted(team.mentors)
                 ops.append(RecordNudge(c.user_id, "escalation", None, "scheduler"))
                 for mentor in mentors:
                     note = escalation_message(c.user_id, step, idle, streak, mentor)
@@ -94,7 +96,10 @@ class Jobs:
         return ops, messages
 
     async def nudge_sweep(self) -> int:
-        now = self.clock()
+        if self.clock.skewed:
+            log.warning("nudge sweep held: this machine's clock is off the homeserver's")
+            return 0
+        now = self.clock.now()
         ops, messages = await self.plan_nudges(now)
         if messages:
             await self.store.commit_job(ops=ops, messages=messages, at=now)
@@ -106,23 +111,32 @@ class Jobs:
         return len(messages)
 
     async def digest(self) -> int:
-        now = self.clock()
+        now = self.clock.now()
         since = now - timedelta(days=7)
-        roadmap = self.roadmap()
-        infos = await self.store.newcomers([s.id for s in roadmap])
+        team = self.team.state
+        infos = await self.store.newcomers([s.id for s in team.roadmap])
         done = await self.store.progress_since(since)
-        content = render_digest(roadmap, infos, done, self.policy, now, since).content()
+        content = render_digest(
+            team.roadmap, infos, done, team.policy, now, since, prefix=self.prefix
+        ).content()
         key = f"digest/{now.date().isoformat()}"
-        if self.policy.team_room:
-            messages = [(job_txn_id(key), Send("digest", content, room_id=self.policy.team_room))]
+        if team.team_room:
+            messages = [(job_txn_id(key), Send("digest", content, room_id=team.team_room))]
         else:
             messages = [
                 (job_txn_id(f"{key}/{m}"), Send("digest", content, to_user=m))
-                for m in sorted(self.mentors())
+                for m in sorted(team.mentors)
             ]
         await self.store.commit_job(ops=(), messages=messages, at=now)
         await self.on_queued()
         return len(messages)
+
+    async def prune(self) -> int:
+        """Forgets handled event ids older than a restart can re-deliver: such an event is
+        dropped for its age (bot.max_event_age) before its id is looked up."""
+        pruned = await self.store.prune_handled(self.clock.now() - self.keep_handled)
+        log.info("pruned %d handled event ids", pruned)
+        return pruned
 
 
 class Scheduler:
@@ -137,25 +151,27 @@ class Scheduler:
         )
         self._triggers: dict[str, CronTrigger] = {}
 
-    def add(self, job_id: str, crontab: str, timezone: str) -> None:
-        trigger = CronTrigger.from_crontab(crontab, timezone=timezone)
+    def add(self, job_id: str, trigger: CronTrigger) -> None:
         self._triggers[job_id] = trigger
         self.scheduler.add_job(self._run, trigger, args=[job_id], id=job_id, name=job_id)
 
     async def _run(self, job_id: str) -> None:
-        func: Callable[[], Awaitable[Any]] = (
-            self.jobs.nudge_sweep if job_id == NUDGES else self.jobs.digest
-        )
+        funcs: dict[str, Callable[[], Awaitable[Any]]] = {
+            NUDGES: self.jobs.nudge_sweep,
+            DIGEST: self.jobs.digest,
+            PRUNE: self.jobs.prune,
+        }
+        func = funcs[job_id]
         try:
             await func()
         except Exception:
             log.exception("scheduled job %s failed; it runs again at its next time", job_id)
             return
-        await self.store.set_value(f"job:{job_id}:last_run", ts(self.jobs.clock()))
+        await self.store.set_value(f"job:{job_id}:last_run", ts(self.jobs.clock.now()))
 
     async def start(self) -> None:
         """Starts the timers; a run that fell due while the bot was down runs once, now."""
-        now = self.jobs.clock()
+        now = self.jobs.clock.now()
         self.scheduler.start()
         for job_id, trigger in self._triggers.items():
             last = await self.store.get_value(f"job:{job_id}:last_run")

@@ -1,4 +1,5 @@
-"""The store: the only module that writes SQL. SQLite through aiosqlite, one transaction a method.
+"""The store: the only module that writes SQL. SQLite through aiosqlite's public API, one
+transaction a method (see `Store._unit`).
 
 The database is the bot's source of truth: progress, the append-only activity log, the events
 already handled, the replies not yet delivered (outbox) and the sync token all live here.
@@ -10,12 +11,21 @@ import asyncio
 import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -36,6 +46,7 @@ from bot.progress import apply as apply_change
 
 T = TypeVar("T")
 Migration = Callable[[aiosqlite.Connection], Awaitable[None]]
+Params = Sequence[Any] | Mapping[str, Any]
 
 
 def ts(at: datetime) -> str:
@@ -207,19 +218,150 @@ class CommandRecord:
     finished: bool | None = None  # whether the sender has now finished (None: unchanged)
 
 
+class _Unit:
+    """The statements of one unit of work (see `Store._unit`), run in aiosqlite's worker thread.
+
+    Every aiosqlite call is a round trip between the event loop and that thread, and a round
+    trip costs more than the SQL of a command. So statements are queued, not awaited one by one,
+    and `flush` waits once for all of them. They run in the order queued: each is a task that
+    hands its call to aiosqlite when it first runs, asyncio first runs tasks in the order they
+    were created, and aiosqlite runs a connection's calls in the order they were handed over.
+
+    BEGIN goes out with the unit's first reads (a read that ran outside a transaction would harm
+    nothing), but the first write waits until BEGIN has succeeded: a write queued behind a
+    failed BEGIN would commit on its own.
+    """
+
+    def __init__(self, db: aiosqlite.Connection, write: bool) -> None:
+        self.db = db  # the migrations await their statements on it one by one
+        # Newcomers' progress as this unit leaves it (None: not known): cached once committed.
+        self.progress: dict[str, Progress | None] = {}
+        self._queued: list[asyncio.Task[Any]] = []
+        self._may_write = write
+        self._writing = False
+        self._ended = False
+        # IMMEDIATE: a write unit holds SQLite's write lock from the start, so no other
+        # connection's write can come between its reads and its writes.
+        self._queue(db.execute("BEGIN IMMEDIATE" if write else "BEGIN"))
+
+    def _queue(self, call: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        if self._ended:
+            raise RuntimeError("this unit of work has ended")
+        task = asyncio.ensure_future(call)
+        self._queued.append(task)
+        return task
+
+    def call(self, call: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Queues an aiosqlite call (not yet awaited) that writes nothing, such as `backup`."""
+        return self._queue(call)
+
+    def read(self, sql: str, params: Params = ()) -> asyncio.Task[list[aiosqlite.Row]]:
+        """Queues a query; the task's result is its rows."""
+        return self._queue(_fetch(self.db, sql, params))
+
+    async def fetch(self, sql: str, params: Params = ()) -> list[aiosqlite.Row]:
+        """A query's rows, once it and everything queued before it have run."""
+        rows = self.read(sql, params)
+        await self.flush()
+        return rows.result()
+
+    async def write(self, sql: str, params: Params = ()) -> asyncio.Task[list[aiosqlite.Row]]:
+        """Queues a statement that writes; the task's result is its RETURNING rows."""
+        await self.begin_writing()
+        return self._queue(_fetch(self.db, sql, params))
+
+    async def write_many(self, sql: str, rows: Sequence[Params]) -> None:
+        """Queues a statement that writes, to run once for each set of parameters, in order."""
+        if rows:
+            await self.begin_writing()
+            self._queue(_execute_many(self.db, sql, rows))
+
+    async def begin_writing(self) -> None:
+        """Waits, before the unit's first write, until BEGIN IMMEDIATE has succeeded."""
+        if not self._writing:
+            if not self._may_write:
+                raise RuntimeError("a read-only unit of work cannot write")
+            await self.flush()
+            self._writing = True
+
+    async def end(self) -> None:
+        """Commits, once everything queued has run without an error.
+
+        A read-only unit sends its COMMIT along with its queries, in the same round trip: it has
+        nothing to undo if one fails. A unit that writes sends COMMIT only once all its writes
+        have succeeded.
+        """
+        if self._ended:
+            return
+        if self._may_write:
+            await self.flush()
+            await self.db.execute("COMMIT")
+        else:
+            self._queue(self.db.execute("COMMIT"))
+            await self.flush()
+        self._ended = True
+
+    async def flush(self) -> None:
+        """Waits until everything queued has run; then raises the first error, if any."""
+        queued = list(self._queued)
+        if queued:
+            # Not gather: cancelling this wait must not cancel a call aiosqlite is running.
+            await asyncio.wait(queued)
+        self._queued = [task for task in self._queued if not task.done()]
+        errors = [task.exception() for task in queued]
+        for error in errors:
+            if error is not None:
+                raise error
+
+    async def settle(self) -> None:
+        """Waits until everything queued has run, errors or not: nothing may follow ROLLBACK."""
+        queued, self._queued = self._queued, []
+        if queued:
+            await asyncio.wait(queued)
+        for task in queued:
+            task.exception()  # retrieved: the error that matters is already on its way
+
+
+async def _fetch(db: aiosqlite.Connection, sql: str, params: Params) -> list[aiosqlite.Row]:
+    return list(await db.execute_fetchall(sql, params))
+
+
+async def _execute_many(db: aiosqlite.Connection, sql: str, rows: Sequence[Params]) -> None:
+    await db.executemany(sql, rows)
+
+
+# The fewest parameters a statement may have in any SQLite build (newer builds allow 32766).
+_MAX_PARAMS = 999
+
+
+async def _write_rows(
+    unit: _Unit, sql: str, row: str, rows: Sequence[Sequence[Any]]
+) -> list[asyncio.Task[list[aiosqlite.Row]]]:
+    """Queues `sql` with `{rows}` spelled out as one `row` for each of `rows`, in as few
+    statements as SQLite's limit on parameters allows; the tasks' results are RETURNING rows."""
+    per = max(1, _MAX_PARAMS // row.count("?"))
+    return [
+        await unit.write(
+            sql.format(rows=", ".join([row] * len(rows[i : i + per]))),
+            [value for item in rows[i : i + per] for value in item],
+        )
+        for i in range(0, len(rows), per)
+    ]
+
+
 class Store:
     """One connection, one writer: the bot process is the only one that writes the database.
 
-    That makes a write-through cache of newcomers' progress safe: every write that touches a
-    cached newcomer updates (or drops) the entry in the same worker-thread step that commits,
-    so `load_progress` answers from memory exactly what the database would say.
+    That makes a write-through cache of newcomers' progress safe: every unit of work that
+    changes a cached newcomer updates (or drops) the entry as it commits (see `_unit`), so
+    `load_progress` answers from memory exactly what the database would say.
     """
 
     def __init__(self, db: aiosqlite.Connection, path: Path, cache_size: int = 1024) -> None:
         self._db = db
         self._lock = asyncio.Lock()
         self.path = path
-        # Written only in aiosqlite's worker thread (in commit order), read on the event loop.
+        # Written only in `_unit`, after COMMIT and under the lock; read on the event loop.
         self._progress: dict[str, Progress] = {}
         self._cache_size = cache_size
 
@@ -246,25 +388,67 @@ class Store:
         return store
 
     async def close(self) -> None:
-        await self._db.close()
+        async with self._lock:
+            await self._db.close()
+
+    @asynccontextmanager
+    async def _unit(self, write: bool) -> AsyncIterator[_Unit]:
+        """One unit of work in one transaction: the only way the store reaches the database.
+
+        The lock keeps units apart on the one connection; BEGIN (IMMEDIATE for a unit that
+        writes) makes all of a unit's statements see one snapshot and commit or fail together.
+
+        The progress cache changes here only, on the event loop, after COMMIT and under the
+        lock; if the unit fails, the newcomers it was changing are dropped from the cache.
+        """
+        async with self._lock:
+            unit = _Unit(self._db, write)
+            try:
+                yield unit
+                await unit.end()
+            except BaseException:
+                await unit.settle()
+                for user_id in unit.progress:
+                    self._progress.pop(user_id, None)
+                if self._db.in_transaction:  # a failed statement or COMMIT may have ended it
+                    await self._db.execute("ROLLBACK")
+                raise
+            for user_id, progress in unit.progress.items():
+                if progress is None:
+                    self._progress.pop(user_id, None)
+                else:
+                    self._remember(progress)
+
+    async def _read(self, sql: str, params: Params = ()) -> list[aiosqlite.Row]:
+        """A unit of work of one query: one round trip."""
+        async with self._unit(write=False) as unit:
+            rows = unit.read(sql, params)
+        return rows.result()
+
+    async def _write(self, sql: str, params: Params = ()) -> None:
+        """A unit of work of one statement."""
+        async with self._unit(write=True) as unit:
+            await unit.write(sql, params)
 
     async def export(self) -> dict[str, list[dict[str, Any]]]:
         """Every newcomer, progress row and activity entry, as plain rows (for the admin CLI)."""
-        out: dict[str, list[dict[str, Any]]] = {}
-        for table, order in (
-            ("newcomers", "user_id"),
-            ("progress", "user_id, step_id"),
-            ("activity", "id"),
-        ):
-            rows = await self._all(f"SELECT * FROM {table} ORDER BY {order}")
-            out[table] = [dict(r) for r in rows]
-        return out
+        async with self._unit(write=False) as unit:
+            tables = {
+                table: unit.read(f"SELECT * FROM {table} ORDER BY {order}")
+                for table, order in (
+                    ("newcomers", "user_id"),
+                    ("progress", "user_id, step_id"),
+                    ("activity", "id"),
+                )
+            }
+        return {table: [dict(r) for r in rows.result()] for table, rows in tables.items()}
 
     async def backup(self, target: Path) -> None:
         """A consistent copy through SQLite's online backup API: safe while the bot runs."""
         dest = sqlite3.connect(target)
         try:
-            await self._db.backup(dest)
+            async with self._unit(write=False) as unit:
+                unit.call(unit.db.backup(dest))
         finally:
             dest.close()
         os.chmod(target, 0o600)
@@ -275,49 +459,18 @@ class Store:
         return sum(f.stat().st_size for f in files if f.exists())
 
     async def _migrate(self) -> None:
-        async with self._db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        version = row[0] if row else 0
+        [row] = await self._read("PRAGMA user_version")
+        version = row[0]
         if version > len(MIGRATIONS):
             raise RuntimeError(
                 f"{self.path}: database schema version {version} is newer than this bot "
                 f"understands ({len(MIGRATIONS)}); upgrade the bot or restore a backup"
             )
         for number, migration in enumerate(MIGRATIONS[version:], version + 1):
-            async with self._transaction():
-                await migration(self._db)
-                await self._db.execute(f"PRAGMA user_version = {number:d}")
-
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-            await self._db.execute("COMMIT")
-
-    async def _one(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
-        rows = await self._db.execute_fetchall(sql, tuple(params))
-        return next(iter(rows), None)
-
-    async def _all(
-        self, sql: str, params: Iterable[Any] | dict[str, Any] = ()
-    ) -> list[aiosqlite.Row]:
-        args = params if isinstance(params, dict) else tuple(params)
-        return list(await self._db.execute_fetchall(sql, args))
-
-    async def _in_thread(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Runs `work` on the raw connection in aiosqlite's worker thread, in one hop.
-
-        The command path (read a newcomer, commit a command) is a handful of statements; one
-        hop each would cost more than the SQL itself. aiosqlite has no public call for this:
-        `_execute` and `_conn` have been stable across the versions pyproject allows.
-        """
-        async with self._lock:
-            return cast(T, await self._db._execute(work, self._db._conn))
+            async with self._unit(write=True) as unit:
+                await unit.begin_writing()
+                await migration(unit.db)
+                await unit.write(f"PRAGMA user_version = {number:d}")
 
     # --- progress -------------------------------------------------------------------------
 
@@ -325,23 +478,25 @@ class Store:
         cached = self._progress.get(user_id)
         if cached is not None:
             return cached
-        return await self._in_thread(lambda conn: self._remember(_load_progress(conn, user_id)))
+        async with self._unit(write=False) as unit:
+            row = unit.read("SELECT * FROM newcomers WHERE user_id = ?", (user_id,))
+            states = unit.read("SELECT step_id, state FROM progress WHERE user_id = ?", (user_id,))
+            last = unit.read(_LAST_UNDOABLE, (user_id, *UNDOABLE))
+            await unit.end()
+            progress = _progress_from(user_id, row.result(), states.result(), last.result())
+            unit.progress[user_id] = progress
+        return progress
 
-    def _remember(self, progress: Progress) -> Progress:
-        """Caches a newcomer's progress as committed (worker thread only); oldest out first."""
+    def _remember(self, progress: Progress) -> None:
+        """Caches a newcomer's progress as committed; oldest out first."""
         cache = self._progress
         cache.pop(progress.user_id, None)
         cache[progress.user_id] = progress
         if len(cache) > self._cache_size:
             del cache[next(iter(cache))]
-        return progress
-
-    def _forget(self, user_ids: Iterable[str]) -> None:
-        for user_id in user_ids:
-            self._progress.pop(user_id, None)
 
     async def history(self, user_id: str, limit: int = 20) -> list[ActivityEntry]:
-        rows = await self._all(
+        rows = await self._read(
             "SELECT id, user_id, actor, action, step_id, from_state, to_state, at "
             "FROM activity WHERE user_id = ? ORDER BY id DESC LIMIT ?",
             (user_id, limit),
@@ -363,8 +518,8 @@ class Store:
     # --- commands: handled events and the outbox ------------------------------------------
 
     async def was_handled(self, event_id: str) -> bool:
-        row = await self._one("SELECT 1 FROM handled_events WHERE event_id = ?", (event_id,))
-        return row is not None
+        rows = await self._read("SELECT 1 FROM handled_events WHERE event_id = ?", (event_id,))
+        return bool(rows)
 
     async def commit_command(
         self,
@@ -391,49 +546,67 @@ class Store:
     async def commit_commands(
         self, records: Sequence[CommandRecord]
     ) -> list[list[OutboxItem] | None]:
-        """Group commit: several commands in one transaction, one round trip, one disk write.
+        """Group commit: several commands in one transaction, one disk write.
 
         Each record is what `commit_command` does with one command, in order; a record whose
         event was handled already changes nothing and gets None.
         """
+        if not records:
+            return []
+        async with self._unit(write=True) as unit:
+            # Read with BEGIN, in one round trip: the unit holds the write lock from BEGIN on,
+            # so no event can be marked handled between this read and the writes below.
+            handled = await unit.fetch(
+                "SELECT event_id FROM handled_events "
+                "WHERE event_id IN (SELECT value FROM json_each(?))",
+                (json.dumps([r.event_id for r in records]),),
+            )
+            seen = {row["event_id"] for row in handled}
+            is_new: list[bool] = []
+            for r in records:  # the first record with a new event id handles it
+                is_new.append(r.event_id not in seen)
+                seen.add(r.event_id)
+            fresh = [r for r, n in zip(records, is_new, strict=True) if n]
+            unit.progress.update(dict.fromkeys(u for r in fresh for u in _users_cached(r)))
 
-        def work(conn: sqlite3.Connection) -> list[list[OutboxItem] | None]:
-            results: list[list[OutboxItem] | None] = []
-            latest: dict[str, Progress | None] = {}  # after this commit; None: not known
-            with _transaction(conn):
-                for r in records:
+            await unit.write_many(
+                "INSERT INTO handled_events (event_id, room_id, sender, handled_at) "
+                "VALUES (?, ?, ?, ?)",
+                [(r.event_id, r.room_id, r.sender, ts(r.at)) for r in fresh],
+            )
+            runs = [(run, await _write_run(unit, run)) for run in _runs(fresh)]
+            queued = await _write_messages(unit, [(m, ts(r.at)) for r in fresh for m in r.messages])
+            await unit.flush()
+
+            latest: dict[str, Progress | None] = {}  # after this unit; None: not known
+            for run, written in runs:
+                entry_ids, last_undoable = iter(written.entry_ids()), written.last_undoable()
+                for r in run:
+                    ids = [next(entry_ids) for _ in r.changes]
                     known = latest[r.sender] if r.sender in latest else self._progress.get(r.sender)
-                    items, after = _write_command(conn, r, known)
-                    results.append(items)
-                    if items is not None:
-                        latest[r.sender] = after
-                        latest.update(dict.fromkeys(_users_of(r.ops)))
-            for user_id, progress in latest.items():
-                if progress is None:
-                    self._progress.pop(user_id, None)
-                else:
-                    self._remember(progress)
-            return results
-
-        return await self._in_thread(work)
+                    latest[r.sender] = _progress_after(known, r, ids, last_undoable)
+                    latest.update(dict.fromkeys(_users_of(r.ops)))
+            unit.progress.update(latest)
+            items = queued.items()
+        return [
+            [items.pop(txn_id) for txn_id, _ in r.messages if txn_id in items] if n else None
+            for r, n in zip(records, is_new, strict=True)
+        ]
 
     async def commit_job(
         self, *, ops: Iterable[Op], messages: Iterable[tuple[str, Send]], at: datetime
     ) -> list[OutboxItem]:
         """A scheduled job's writes and messages, atomically; a message queued before is skipped."""
         when = ts(at)
-        ops, messages = list(ops), list(messages)
-
-        def work(conn: sqlite3.Connection) -> list[OutboxItem]:
-            with _transaction(conn):
-                items = _apply_ops_and_queue(conn, ops, messages, when)
-            self._forget(_users_of(ops))
-            return items
-
-        return await self._in_thread(work)
+        ops = list(ops)
+        async with self._unit(write=True) as unit:
+            unit.progress.update(dict.fromkeys(_users_of(ops)))
+            await _write_ops(unit, [(op, when) for op in ops])
+            queued = await _write_messages(unit, [(m, when) for m in messages])
+        return list(queued.items().values())
 
     async def outbox(self) -> list[OutboxItem]:
-        rows = await self._all(
+        rows = await self._read(
             "SELECT id, txn_id, room_id, to_user, content, attempts, encrypted, background "
             "FROM outbox ORDER BY id"
         )
@@ -454,53 +627,86 @@ class Store:
     async def outbox_set_room(self, user_id: str, room_id: str) -> None:
         """`room_id` is the private room with `user_id`: remember it, and send every message
         for them there."""
-        async with self._transaction() as db:
-            await db.execute(
+        async with self._unit(write=True) as unit:
+            await unit.write(
                 "INSERT INTO direct_rooms (user_id, room_id) VALUES (?, ?) "
                 "ON CONFLICT (user_id) DO UPDATE SET room_id = excluded.room_id",
                 (user_id, room_id),
             )
-            await db.execute("UPDATE outbox SET room_id = ? WHERE to_user = ?", (room_id, user_id))
+            await unit.write("UPDATE outbox SET room_id = ? WHERE to_user = ?", (room_id, user_id))
 
     async def outbox_sent(self, item_id: int) -> None:
-        async with self._transaction() as db:
-            await db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+        await self._write("DELETE FROM outbox WHERE id = ?", (item_id,))
 
     async def outbox_failed(self, item_id: int) -> None:
-        async with self._transaction() as db:
-            await db.execute("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", (item_id,))
+        await self._write("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", (item_id,))
 
     async def prune_handled(self, before: datetime) -> int:
-        async with self._transaction() as db:
-            cur = await db.execute("DELETE FROM handled_events WHERE handled_at < ?", (ts(before),))
-            return cur.rowcount
+        """Forgets the events handled before `before`; returns how many."""
+        async with self._unit(write=True) as unit:
+            await unit.write("DELETE FROM handled_events WHERE handled_at < ?", (ts(before),))
+            [row] = await unit.fetch("SELECT changes()")
+        return int(row[0])
 
     # --- sync state and rooms ---------------------------------------------------------------
 
     async def get_value(self, key: str) -> str | None:
-        row = await self._one("SELECT value FROM kv WHERE key = ?", (key,))
-        return row["value"] if row else None
+        rows = await self._read("SELECT value FROM kv WHERE key = ?", (key,))
+        return rows[0]["value"] if rows else None
 
     async def set_value(self, key: str, value: str) -> None:
-        async with self._transaction() as db:
-            await db.execute(
-                "INSERT INTO kv (key, value) VALUES (?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, value),
-            )
+        await self._write(
+            "INSERT INTO kv (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
 
     async def direct_room(self, user_id: str) -> str | None:
-        row = await self._one("SELECT room_id FROM direct_rooms WHERE user_id = ?", (user_id,))
-        return row["room_id"] if row else None
+        rows = await self._read("SELECT room_id FROM direct_rooms WHERE user_id = ?", (user_id,))
+        return rows[0]["room_id"] if rows else None
+
+    async def room_joined_at(self, room_id: str) -> int | None:
+        rows = await self._read("SELECT joined_at_ms FROM rooms WHERE room_id = ?", (room_id,))
+        return rows[0]["joined_at_ms"] if rows else None
+
+    async def set_room_joined(
+        self, room_id: str, joined_at_ms: int, inviter: str | None = None
+    ) -> None:
+        await self._write(
+            "INSERT INTO rooms (room_id, joined_at_ms, inviter) VALUES (?, ?, ?) "
+            "ON CONFLICT (room_id) DO UPDATE SET joined_at_ms = excluded.joined_at_ms",
+            (room_id, joined_at_ms, inviter),
+        )
+
+    async def rooms_invited_by(self, inviter: str) -> int:
+        """How many rooms the bot joined on an invite from `inviter`."""
+        [row] = await self._read("SELECT count(*) FROM rooms WHERE inviter = ?", (inviter,))
+        return int(row[0])
 
     # --- mentors' views ---------------------------------------------------------------------
 
     async def count_newcomers(self) -> int:
-        row = await self._one("SELECT count(*) FROM newcomers")
-        return int(row[0]) if row else 0
+        [row] = await self._read("SELECT count(*) FROM newcomers")
+        return int(row[0])
 
     async def known_users(self) -> list[str]:
-        return [r["user_id"] for r in await self._all("SELECT user_id FROM newcomers")]
+        return [r["user_id"] for r in await self._read("SELECT user_id FROM newcomers")]
+
+    async def users_with_localpart(self, localpart: str) -> list[str]:
+        """The newcomers `@<localpart>:<any server>`, the localpart compared lowercased.
+
+        A range of the primary key, not a scan: ':' ends the localpart and ';' is the next
+        character, so exactly those user ids sort from '@localpart:' up to '@localpart;'.
+        Matrix user ids are lower case; a historical one with capitals is found only in full.
+        """
+        name = localpart.lower()
+        if not name or ":" in name:
+            return []
+        rows = await self._read(
+            "SELECT user_id FROM newcomers WHERE user_id >= ? AND user_id < ? ORDER BY user_id",
+            (f"@{name}:", f"@{name};"),
+        )
+        return [r["user_id"] for r in rows]
 
     async def newcomers(
         self, step_ids: Iterable[str], user_id: str | None = None, limit: int = -1
@@ -511,7 +717,7 @@ class Store:
         """
         one = "WHERE user_id = :user" if user_id else ""
         # Pick the page first, then count only for it: !team stays cheap with 10,000 enrolled.
-        rows = await self._all(
+        rows = await self._read(
             f"""
             WITH steps (step_id) AS (SELECT value FROM json_each(:steps)),
             page AS (
@@ -554,7 +760,7 @@ class Store:
         Wall-clock idleness is necessary for working-time idleness, so the caller only has
         to refine this short list (working days, quiet hours, each newcomer's time zone).
         """
-        rows = await self._all(
+        rows = await self._read(
             """
             SELECT user_id, current_step, last_activity_at, last_nudged_at, timezone, mentor,
                    nudges_in_row,
@@ -585,17 +791,16 @@ class Store:
 
     async def set_finished(self, finished: dict[str, bool], at: datetime) -> None:
         """After a roadmap reload: who counts as finished may have changed."""
-        async with self._transaction() as db:
-            for user_id, done in finished.items():
-                await db.execute(
-                    "UPDATE newcomers SET finished_at = CASE WHEN ? THEN "
-                    "coalesce(finished_at, ?) ELSE NULL END WHERE user_id = ?",
-                    (done, ts(at), user_id),
-                )
+        async with self._unit(write=True) as unit:
+            await unit.write_many(
+                "UPDATE newcomers SET finished_at = CASE WHEN ? THEN "
+                "coalesce(finished_at, ?) ELSE NULL END WHERE user_id = ?",
+                [(done, ts(at), user_id) for user_id, done in finished.items()],
+            )
 
     async def progress_since(self, since: datetime) -> dict[str, int]:
         """Steps marked done per newcomer since `since` (for the weekly digest)."""
-        rows = await self._all(
+        rows = await self._read(
             "SELECT user_id, count(*) AS n FROM activity WHERE action = 'done' AND at >= ? "
             "AND id NOT IN (SELECT undoes FROM activity WHERE undoes IS NOT NULL) "
             "GROUP BY user_id",
@@ -603,115 +808,23 @@ class Store:
         )
         return {r["user_id"]: r["n"] for r in rows}
 
-    async def room_joined_at(self, room_id: str) -> int | None:
-        row = await self._one("SELECT joined_at_ms FROM rooms WHERE room_id = ?", (room_id,))
-        return row["joined_at_ms"] if row else None
 
-    async def set_room_joined(
-        self, room_id: str, joined_at_ms: int, inviter: str | None = None
-    ) -> None:
-        async with self._transaction() as db:
-            await db.execute(
-                "INSERT INTO rooms (room_id, joined_at_ms, inviter) VALUES (?, ?, ?) "
-                "ON CONFLICT (room_id) DO UPDATE SET joined_at_ms = excluded.joined_at_ms",
-                (room_id, joined_at_ms, inviter),
-            )
+# --- a newcomer's progress, as read and as written ------------------------------------------
 
-    async def rooms_invited_by(self, inviter: str) -> int:
-        """How many rooms the bot joined on an invite from `inviter`."""
-        row = await self._one("SELECT count(*) AS n FROM rooms WHERE inviter = ?", (inviter,))
-        return int(row["n"]) if row else 0
-
-    async def forget_room(self, room_id: str) -> None:
-        async with self._transaction() as db:
-            await db.execute("DELETE FROM rooms WHERE room_id = ?", (room_id,))
+# The newest done/skip entry not undone yet (parameters: the user, then UNDOABLE's actions).
+_LAST_UNDOABLE = """
+    SELECT a.user_id, a.id, a.step_id, a.from_state, a.to_state, a.prev_current, a.new_current
+    FROM activity a
+    WHERE a.user_id = ? AND a.action IN (?, ?)
+      AND NOT EXISTS (SELECT 1 FROM activity u WHERE u.undoes = a.id)
+    ORDER BY a.id DESC LIMIT 1
+"""
 
 
-# --- the command path, run in the worker thread in one hop (see Store._in_thread) ----------
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-def _load_progress(conn: sqlite3.Connection, user_id: str) -> Progress:
-    row = conn.execute("SELECT * FROM newcomers WHERE user_id = ?", (user_id,)).fetchone()
-    if row is None:
-        return Progress(user_id)
-    states = {
-        r["step_id"]: State(r["state"])
-        for r in conn.execute("SELECT step_id, state FROM progress WHERE user_id = ?", (user_id,))
-    }
-    return Progress(
-        user_id=user_id,
-        enrolled_at=parse_ts(row["enrolled_at"]),
-        current_id=row["current_step"],
-        states=states,
-        last_undoable=_last_undoable(conn, user_id),
-        last_activity_at=parse_ts(row["last_activity_at"]),
-        mentor=row["mentor"],
-        timezone=row["timezone"],
-        finish_announced_at=parse_ts(row["finish_announced_at"]),
-    )
-
-
-def _write_command(
-    conn: sqlite3.Connection, r: CommandRecord, progress: Progress | None
-) -> tuple[list[OutboxItem] | None, Progress | None]:
-    """One command's writes inside the caller's transaction: its queued messages (None if the
-    event was handled before) and the sender's progress after it (None if not known)."""
-    when = ts(r.at)
-    cur = conn.execute(
-        "INSERT OR IGNORE INTO handled_events (event_id, room_id, sender, handled_at) "
-        "VALUES (?, ?, ?, ?)",
-        (r.event_id, r.room_id, r.sender, when),
-    )
-    if cur.rowcount == 0:
-        return None, None
-    for change in r.changes:
-        entry_id = _apply(conn, r.sender, r.sender, change, r.event_id, when)
-        if progress is not None:
-            progress = _progress_after(conn, progress, change, entry_id, when)
-    # Any command from an enrolled newcomer counts as activity (no row: no-op).
-    conn.execute(
-        "UPDATE newcomers SET last_activity_at = :at, nudges_in_row = 0, "
-        "current_step = CASE WHEN :moved THEN :current ELSE current_step END, "
-        "finished_at = CASE WHEN :finished IS NULL THEN finished_at "
-        "WHEN :finished THEN coalesce(finished_at, :at) ELSE NULL END "
-        "WHERE user_id = :user",
-        {
-            "at": when,
-            "moved": bool(r.changes),
-            "current": r.changes[-1].new_current if r.changes else None,
-            "finished": r.finished,
-            "user": r.sender,
-        },
-    )
-    if progress is not None and progress.enrolled:
-        progress = replace(progress, last_activity_at=parse_ts(when))
-    return _apply_ops_and_queue(conn, list(r.ops), list(r.messages), when), progress
-
-
-def _last_undoable(conn: sqlite3.Connection, user_id: str) -> Undoable | None:
-    last = conn.execute(
-        """
-        SELECT a.id, a.step_id, a.from_state, a.to_state, a.prev_current, a.new_current
-        FROM activity a
-        WHERE a.user_id = ? AND a.action IN (?, ?)
-          AND NOT EXISTS (SELECT 1 FROM activity u WHERE u.undoes = a.id)
-        ORDER BY a.id DESC LIMIT 1
-        """,
-        (user_id, Action.DONE.value, Action.SKIP.value),
-    ).fetchone()
-    if last is None:
+def _undoable_from(rows: Sequence[aiosqlite.Row]) -> Undoable | None:
+    if not rows:
         return None
+    [last] = rows
     return Undoable(
         last["id"],
         last["step_id"],
@@ -722,20 +835,53 @@ def _last_undoable(conn: sqlite3.Connection, user_id: str) -> Undoable | None:
     )
 
 
-def _progress_after(
-    conn: sqlite3.Connection, progress: Progress, change: Change, entry_id: int, at: str
+def _progress_from(
+    user_id: str,
+    newcomer: Sequence[aiosqlite.Row],
+    states: Sequence[aiosqlite.Row],
+    last: Sequence[aiosqlite.Row],
 ) -> Progress:
-    """The cached snapshot after `change` (entry `entry_id`): what `_load_progress` would read."""
-    after = apply_change(progress, change, parse_ts(at))
-    if change.action in UNDOABLE:
-        return replace(after, last_undoable=undoable(change, entry_id))
-    if change.action == Action.UNDO:
-        return replace(after, last_undoable=_last_undoable(conn, progress.user_id))
-    return after
+    if not newcomer:
+        return Progress(user_id)
+    [row] = newcomer
+    return Progress(
+        user_id=user_id,
+        enrolled_at=parse_ts(row["enrolled_at"]),
+        current_id=row["current_step"],
+        states={r["step_id"]: State(r["state"]) for r in states},
+        last_undoable=_undoable_from(last),
+        last_activity_at=parse_ts(row["last_activity_at"]),
+        mentor=row["mentor"],
+        timezone=row["timezone"],
+        finish_announced_at=parse_ts(row["finish_announced_at"]),
+    )
+
+
+def _progress_after(
+    progress: Progress | None,
+    r: CommandRecord,
+    entry_ids: Sequence[int],
+    last_undoable: Mapping[str, Undoable | None],
+) -> Progress | None:
+    """The sender's progress after command `r` (None if not known before it): what
+    `load_progress` would read. `entry_ids` are its changes' activity entries; `last_undoable`
+    what each newcomer who undid has left to undo."""
+    if progress is None:
+        return None
+    at = datetime.fromisoformat(ts(r.at))
+    for change, entry_id in zip(r.changes, entry_ids, strict=True):
+        progress = apply_change(progress, change, at)
+        if change.action in UNDOABLE:
+            progress = replace(progress, last_undoable=undoable(change, entry_id))
+        elif change.action == Action.UNDO:
+            progress = replace(progress, last_undoable=last_undoable[r.sender])
+    if progress.enrolled:
+        progress = replace(progress, last_activity_at=at)
+    return progress
 
 
 def _users_of(ops: Iterable[Op]) -> Iterator[str]:
-    """The newcomers whose rows these ops write (their cached progress is dropped)."""
+    """The newcomers whose cached progress these ops change (it is dropped)."""
     for op in ops:
         match op:
             case (
@@ -747,102 +893,215 @@ def _users_of(ops: Iterable[Op]) -> Iterator[str]:
                 yield user_id
 
 
-def _apply(
-    conn: sqlite3.Connection,
-    user_id: str,
-    actor: str,
-    change: Change,
-    event_id: str | None,
-    at: str,
-) -> int:
-    """Writes one change (the caller moves the newcomer's pointer); returns its activity id."""
-    if change.action == Action.ENROLL:
-        conn.execute(
-            "INSERT OR IGNORE INTO newcomers (user_id, enrolled_at, current_step, "
-            "last_activity_at) VALUES (?, ?, ?, ?)",
-            (user_id, at, change.new_current, at),
-        )
-    if change.step_id is not None and change.to_state is not None:
-        conn.execute(
-            "INSERT INTO progress (user_id, step_id, state, changed_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (user_id, step_id) DO UPDATE SET state = excluded.state, "
-            "changed_at = excluded.changed_at WHERE state != excluded.state",
-            (user_id, change.step_id, change.to_state.value, at),
-        )
-    cur = conn.execute(
+def _users_cached(r: CommandRecord) -> Iterator[str]:
+    """The newcomers whose cached progress command `r` changes."""
+    yield r.sender
+    yield from _users_of(r.ops)
+
+
+# --- the command path: one statement a table for many commands ------------------------------
+
+
+def _runs(records: Sequence[CommandRecord]) -> Iterator[list[CommandRecord]]:
+    """The records in order, cut wherever one touches a newcomer another in its run touches.
+
+    A command writes the rows of its sender and of its ops' newcomers only, so within a run
+    each newcomer's rows are written by one command: writing each table for the whole run at
+    once, in order, is then the same as writing one command after another.
+    """
+    run: list[CommandRecord] = []
+    touched: set[str] = set()
+    for r in records:
+        users = {r.sender, *(op.user_id for op in r.ops)}
+        if touched & users:
+            yield run
+            run, touched = [], set()
+        run.append(r)
+        touched |= users
+    if run:
+        yield run
+
+
+@dataclass(frozen=True)
+class _Written:
+    """What a run's writes tell the cache, once they have run."""
+
+    entries: list[asyncio.Task[list[aiosqlite.Row]]]  # RETURNING the new activity entries' ids
+    # For each newcomer who undid: the newest entry left to undo, read after the run's entries.
+    # That is what it is right after the undo too: the newcomer's later changes in the same
+    # command either replace it (done, skip) or are not undoable.
+    undone: dict[str, asyncio.Task[list[aiosqlite.Row]]]
+
+    def entry_ids(self) -> list[int]:
+        """The new entries' ids in the order of the changes: rows are inserted in the order of
+        their VALUES, and AUTOINCREMENT ids only grow."""
+        return sorted(row["id"] for task in self.entries for row in task.result())
+
+    def last_undoable(self) -> dict[str, Undoable | None]:
+        return {user: _undoable_from(task.result()) for user, task in self.undone.items()}
+
+
+async def _write_run(unit: _Unit, run: Sequence[CommandRecord]) -> _Written:
+    """Queues the writes of a run of commands (see `_runs`): a statement a table, not a command."""
+    changes = [(r, c, ts(r.at)) for r in run for c in r.changes]
+    await unit.write_many(
+        "INSERT OR IGNORE INTO newcomers (user_id, enrolled_at, current_step, "
+        "last_activity_at) VALUES (?, ?, ?, ?)",
+        [(r.sender, at, c.new_current, at) for r, c, at in changes if c.action == Action.ENROLL],
+    )
+    await unit.write_many(
+        "INSERT INTO progress (user_id, step_id, state, changed_at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (user_id, step_id) DO UPDATE SET state = excluded.state, "
+        "changed_at = excluded.changed_at WHERE state != excluded.state",
+        [
+            (r.sender, c.step_id, c.to_state.value, at)
+            for r, c, at in changes
+            if c.step_id is not None and c.to_state is not None
+        ],
+    )
+    entries = await _write_rows(
+        unit,
         "INSERT INTO activity (user_id, actor, action, step_id, from_state, to_state, "
-        "prev_current, new_current, undoes, event_id, at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            user_id,
-            actor,
-            change.action.value,
-            change.step_id,
-            change.from_state.value if change.from_state else None,
-            change.to_state.value if change.to_state else None,
-            change.prev_current,
-            change.new_current,
-            change.undoes,
-            event_id,
-            at,
-        ),
+        "prev_current, new_current, undoes, event_id, at) VALUES {rows} RETURNING id",
+        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                r.sender,
+                r.sender,
+                c.action.value,
+                c.step_id,
+                c.from_state.value if c.from_state else None,
+                c.to_state.value if c.to_state else None,
+                c.prev_current,
+                c.new_current,
+                c.undoes,
+                r.event_id,
+                at,
+            )
+            for r, c, at in changes
+        ],
     )
-    assert cur.lastrowid is not None
-    return cur.lastrowid
-
-
-def _apply_ops_and_queue(
-    conn: sqlite3.Connection, ops: list[Op], messages: list[tuple[str, Send]], when: str
-) -> list[OutboxItem]:
-    for op in ops:
-        _apply_op(conn, op, when)
-    queued = [_queue(conn, txn_id, send, when) for txn_id, send in messages]
-    return [item for item in queued if item is not None]
-
-
-def _queue(conn: sqlite3.Connection, txn_id: str, send: Send, when: str) -> OutboxItem | None:
-    room_id = send.room_id
-    if room_id is None and send.to_user is not None:
-        row = conn.execute(
-            "SELECT room_id FROM direct_rooms WHERE user_id = ?", (send.to_user,)
-        ).fetchone()
-        room_id = row["room_id"] if row else None
-    cur = conn.execute(
-        "INSERT INTO outbox (txn_id, room_id, to_user, content, created_at, encrypted) "
-        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (txn_id) DO NOTHING",
-        (txn_id, room_id, send.to_user, json.dumps(send.content), when, send.encrypted),
+    undone = {
+        r.sender: unit.read(_LAST_UNDOABLE, (r.sender, *UNDOABLE))
+        for r, c, _ in changes
+        if c.action == Action.UNDO
+    }
+    # Any command from an enrolled newcomer counts as activity (no row: no-op).
+    await unit.write_many(
+        "UPDATE newcomers SET last_activity_at = :at, nudges_in_row = 0, "
+        "current_step = CASE WHEN :moved THEN :current ELSE current_step END, "
+        "finished_at = CASE WHEN :finished IS NULL THEN finished_at "
+        "WHEN :finished THEN coalesce(finished_at, :at) ELSE NULL END "
+        "WHERE user_id = :user",
+        [
+            {
+                "at": ts(r.at),
+                "moved": bool(r.changes),
+                "current": r.changes[-1].new_current if r.changes else None,
+                "finished": r.finished,
+                "user": r.sender,
+            }
+            for r in run
+        ],
     )
-    if not cur.rowcount or cur.lastrowid is None:
-        return None  # queued before: the same job or command ran twice
-    return OutboxItem(cur.lastrowid, txn_id, room_id, send.content, 0, send.to_user, send.encrypted)
+    await _write_ops(unit, [(op, ts(r.at)) for r in run for op in r.ops])
+    return _Written(entries, undone)
 
 
-def _apply_op(conn: sqlite3.Connection, op: Op, when: str) -> None:
+async def _write_ops(unit: _Unit, ops: Sequence[tuple[Op, str]]) -> None:
+    """Queues the ops (each with its time), a statement for each kind of write.
+
+    The kinds write different tables or columns, and none adds or removes a newcomer, so one
+    kind after another (each in order) is the same as one op after another.
+    """
+    kinds: dict[str, list[Params]] = {}
+    for op, when in ops:
+        for sql, params in _op_writes(op, when):
+            kinds.setdefault(sql, []).append(params)
+    for sql, rows in kinds.items():
+        await unit.write_many(sql, rows)
+
+
+def _op_writes(op: Op, when: str) -> Iterator[tuple[str, Params]]:
     match op:
         case SetMentor(user_id, mentor):
-            conn.execute("UPDATE newcomers SET mentor = ? WHERE user_id = ?", (mentor, user_id))
+            yield "UPDATE newcomers SET mentor = ? WHERE user_id = ?", (mentor, user_id)
         case SetPause(user_id, until):
-            conn.execute(
+            yield (
                 "UPDATE newcomers SET paused_until = ? WHERE user_id = ?",
                 (ts(until) if until else None, user_id),
             )
         case SetTimezone(user_id, timezone):
-            conn.execute("UPDATE newcomers SET timezone = ? WHERE user_id = ?", (timezone, user_id))
+            yield "UPDATE newcomers SET timezone = ? WHERE user_id = ?", (timezone, user_id)
         case MarkFinishAnnounced(user_id):
-            conn.execute(
+            yield (
                 "UPDATE newcomers SET finish_announced_at = coalesce(finish_announced_at, ?) "
                 "WHERE user_id = ?",
                 (when, user_id),
             )
         case RecordNudge(user_id, kind, step_id, actor):
-            conn.execute(
+            yield (
                 "INSERT INTO nudges (user_id, kind, step_id, actor, sent_at) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (user_id, kind, step_id, actor, when),
             )
             if kind == "nudge":
-                conn.execute(
+                yield (
                     "UPDATE newcomers SET last_nudged_at = ?, "
                     "nudges_in_row = nudges_in_row + 1 WHERE user_id = ?",
                     (when, user_id),
                 )
+
+
+@dataclass(frozen=True)
+class _QueuedMessages:
+    messages: list[tuple[str, Send]]
+    inserted: list[asyncio.Task[list[aiosqlite.Row]]]
+
+    def items(self) -> dict[str, OutboxItem]:
+        """The messages queued just now, by transaction id, in order (not those queued before:
+        the same job or command ran twice)."""
+        rows = {row["txn_id"]: row for task in self.inserted for row in task.result()}
+        items: dict[str, OutboxItem] = {}
+        for txn_id, send in self.messages:
+            row = rows.pop(txn_id, None)
+            if row is not None:
+                items[txn_id] = OutboxItem(
+                    row["id"],
+                    txn_id,
+                    row["room_id"],
+                    send.content,
+                    0,
+                    send.to_user,
+                    send.encrypted,
+                    send.background,
+                )
+        return items
+
+
+async def _write_messages(
+    unit: _Unit, messages: Sequence[tuple[tuple[str, Send], str]]
+) -> _QueuedMessages:
+    """Queues messages ((txn id, message), time) for the outbox, in one statement.
+
+    A message for a person goes to their direct chat if it is known already."""
+    inserted = await _write_rows(
+        unit,
+        "INSERT INTO outbox (txn_id, room_id, to_user, content, created_at, encrypted, "
+        "background) VALUES {rows} ON CONFLICT (txn_id) DO NOTHING RETURNING id, txn_id, room_id",
+        "(?, coalesce(?, (SELECT room_id FROM direct_rooms WHERE user_id = ?)), ?, ?, ?, ?, ?)",
+        [
+            (
+                txn_id,
+                send.room_id,
+                send.to_user,
+                send.to_user,
+                json.dumps(send.content),
+                when,
+                send.encrypted,
+                send.background,
+            )
+            for (txn_id, send), when in messages
+        ],
+    )
+    return _QueuedMessages([m for m, _ in messages], inserted)

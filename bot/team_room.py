@@ -12,7 +12,7 @@ import logging
 from typing import Any
 from urllib.parse import quote
 
-from nio import AsyncClient, RoomResolveAliasResponse
+from nio import AsyncClient, RoomResolveAliasResponse, SyncResponse
 
 from bot.identity import FatalMatrixError, api_any
 from bot.store import Store
@@ -129,7 +129,18 @@ class TeamRoom:
                 )
         return ok
 
-    def power_level(self, user_id: str) -> int:
-        if self.room_id is None or not self.trusted():
-            return 0
-        return self._joined_level(user_id) or 0
+    def changed_in(self, resp: SyncResponse) -> bool:
+        """Whether a sync brought anything from the team room (power levels, members)."""
+        return self.room_id is not None and self.room_id in resp.rooms.join
+
+    def mentors(self) -> frozenset[str]:
+        """Members with power 50 or more (creators included), while the room is trusted."""
+        room = self.client.rooms.get(self.room_id or "")
+        if room is None or not self.trusted():
+            return frozenset()
+        me = str(self.client.user_id)
+        return frozenset(
+            user_id
+            for user_id in {*room.users, *self.creators}
+            if user_id != me and (self._joined_level(user_id) or 0) >= MENTOR_POWER
+        )

@@ -53,28 +53,6 @@ def parse_duration(value: str) -> timedelta:
     return delta
 
 
-def format_duration(delta: timedelta) -> str:
-    """Say a duration coarsely, in the largest unit that fits, rounded down: "3 days"."""
-    if delta < timedelta(0):
-        return "-" + format_duration(-delta)
-    seconds = int(delta.total_seconds())
-    weeks, days, hours, minutes = (
-        seconds // 604800,
-        seconds // 86400,
-        seconds // 3600,
-        seconds // 60,
-    )
-    if weeks:
-        return f"{weeks} week" if weeks == 1 else f"{weeks} weeks"
-    if days:
-        return f"{days} day" if days == 1 else f"{days} days"
-    if hours:
-        return f"{hours} h"
-    if minutes:
-        return f"{minutes} min"
-    return f"{seconds} s"
-
-
 def parse_working_days(names: Iterable[str]) -> frozenset[int]:
     """Turn day names like ["mon", "tue"] into weekday numbers (Monday is 0)."""
     if isinstance(names, str):  # a bare "mon" would otherwise be read letter by letter

@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-from bot.commands.registry import Arg, ArgKind, CommandSet, Ctx, Outcome, Role
-from bot.nudges import nudge_message, nudge_send, pill
+from bot import texts
+from bot.commands.registry import FLAG, PERSON, Arg, CommandSet, Ctx, Outcome, Role
+from bot.markup import Message
+from bot.nudges import nudge_message, nudge_send
 from bot.ops import RecordNudge, Send, SetMentor
 from bot.progress import NewcomerInfo, current_step, is_finished
-from bot.render import Bold, Code, Message, echo, text
 from bot.reports import render_history, render_status, render_team
 from bot.roadmap import Roadmap, RoadmapError
-from bot.timeutil import format_duration
 
 commands = CommandSet()
 TEAM_ROWS = 50  # a Matrix event holds 64 KiB; a longer table is unreadable in a chat anyway
-USER = Arg("user", ArgKind.USER, required=True)
+USER = Arg("user", PERSON, required=True)
 
 
 async def _newcomer(ctx: Ctx, user_id: str) -> NewcomerInfo | None:
-    found = await ctx.services.store.newcomers([s.id for s in ctx.roadmap], user_id)
+    found = await ctx.reader.newcomers([s.id for s in ctx.roadmap], user_id)
     return found[0] if found else None
 
 
 def _not_enrolled(user_id: str) -> Outcome:
-    return Outcome(text(echo(user_id), " has not enrolled in the roadmap (yet)."))
+    return Outcome(texts.not_enrolled(user_id))
 
 
 @commands.command(
@@ -37,8 +37,10 @@ async def status(ctx: Ctx, user: str) -> Outcome:
     info = await _newcomer(ctx, user)
     if info is None:
         return _not_enrolled(user)
-    progress = await ctx.services.store.load_progress(user)
-    return Outcome(render_status(ctx.roadmap, info, progress, ctx.services.policy, ctx.now))
+    progress = await ctx.reader.load_progress(user)
+    return Outcome(
+        render_status(ctx.roadmap, info, progress, ctx.policy, ctx.now, prefix=ctx.prefix)
+    )
 
 
 @commands.command(
@@ -52,7 +54,7 @@ async def status(ctx: Ctx, user: str) -> Outcome:
 async def history(ctx: Ctx, user: str) -> Outcome:
     if await _newcomer(ctx, user) is None:
         return _not_enrolled(user)
-    entries = await ctx.services.store.history(user, limit=20)
+    entries = await ctx.reader.history(user, limit=20)
     return Outcome(render_history(ctx.roadmap, user, entries))
 
 
@@ -64,19 +66,18 @@ async def history(ctx: Ctx, user: str) -> Outcome:
     private=True,
 )
 async def team(ctx: Ctx) -> Outcome:
-    store = ctx.services.store
-    infos = await store.newcomers([s.id for s in ctx.roadmap], limit=TEAM_ROWS)
-    total = await store.count_newcomers()
-    return Outcome(render_team(ctx.roadmap, infos, ctx.services.policy, ctx.now, total))
+    infos = await ctx.reader.newcomers([s.id for s in ctx.roadmap], limit=TEAM_ROWS)
+    total = await ctx.reader.count_newcomers()
+    return Outcome(render_team(ctx.roadmap, infos, ctx.policy, ctx.now, total))
 
 
 @commands.command(
     "assign",
     "pair a mentor (default: you) with a newcomer; an admin may --force a non-mentor",
     args=[
-        Arg("newcomer", ArgKind.USER, required=True),
-        Arg("mentor", ArgKind.USER),
-        Arg("force", ArgKind.FLAG),
+        Arg("newcomer", PERSON, required=True),
+        Arg("mentor", PERSON),
+        Arg("force", FLAG),
     ],
     role=Role.MENTOR,
     enrolls=False,
@@ -84,28 +85,17 @@ async def team(ctx: Ctx) -> Outcome:
 async def assign(ctx: Ctx, newcomer: str, mentor: str | None, force: bool) -> Outcome:
     mentor = mentor or ctx.sender
     if force and ctx.role < Role.ADMIN:
-        return Outcome(text("Only an admin can use --force."), outcome="refused")
+        return Outcome(texts.FORCE_IS_FOR_ADMINS, outcome="refused")
     if await _newcomer(ctx, newcomer) is None:
         return _not_enrolled(newcomer)
     if not force and ctx.role_of(mentor) < Role.MENTOR:
         # The newcomer would be told to trust whoever was named.
-        return Outcome(
-            text(
-                pill(mentor),
-                " is not a mentor, so I can't pair them with ",
-                pill(newcomer),
-                ". An admin can make them a mentor, or add --force.",
-            ),
-            outcome="refused",
-        )
-    note = Message().line("🤝 ", pill(mentor), " is now the mentor of ", pill(newcomer), ".")
-    tell = Message().line(
-        "🤝 ", pill(mentor), " is your mentor for the roadmap: ask them anything."
-    )
+        return Outcome(texts.not_a_mentor(mentor, newcomer), outcome="refused")
+    tell = texts.your_new_mentor(mentor).content()
     return Outcome(
-        note.reply(),
+        texts.mentor_assigned(mentor, newcomer),
         ops=(SetMentor(newcomer, mentor),),
-        messages=(Send("assigned", tell.reply().content(), to_user=newcomer),),
+        messages=(Send("assigned", tell, to_user=newcomer),),
     )
 
 
@@ -116,27 +106,20 @@ async def nudge(ctx: Ctx, user: str) -> Outcome:
     info = await _newcomer(ctx, user)
     if info is None:
         return _not_enrolled(user)
-    progress = await ctx.services.store.load_progress(user)
+    progress = await ctx.reader.load_progress(user)
     if is_finished(ctx.roadmap, progress):
-        return Outcome(text(f"{user} has finished the roadmap; no nudge needed."))
-    policy = ctx.services.policy
+        return Outcome(texts.no_nudge_needed(user))
+    policy = ctx.policy
     if info.last_nudged_at is not None:
         ago = ctx.now - info.last_nudged_at
         if ago < policy.manual_cooldown:
-            return Outcome(
-                text(
-                    "⏳ ",
-                    pill(user),
-                    f" was already nudged {format_duration(ago)} ago; you can nudge again in "
-                    f"{format_duration(policy.manual_cooldown - ago)}.",
-                ),
-                outcome="refused",
-            )
+            wait = policy.manual_cooldown - ago
+            return Outcome(texts.nudged_recently(user, ago, wait), outcome="refused")
     step = current_step(ctx.roadmap, progress)
     idle = policy.idle_time(info.last_activity_at, ctx.now, policy.zone_of(info.timezone))
     content = nudge_message(ctx.roadmap, user, step, idle, ctx.prefix)
     return Outcome(
-        text("📣 Nudged ", pill(user), "."),
+        texts.nudged(user),
         ops=(RecordNudge(user, "nudge", step.id if step else None, ctx.sender),),
         messages=(nudge_send(policy, user, content),),
     )
@@ -144,8 +127,8 @@ async def nudge(ctx: Ctx, user: str) -> Outcome:
 
 def _diff(old: Roadmap, new: Roadmap) -> tuple[list[str], list[str], list[str]]:
     old_ids, new_ids = {s.id for s in old}, {s.id for s in new}
-    added = [f"{s.number} {s.title}" for s in new if s.id not in old_ids]
-    removed = [f"{s.number} {s.title} [{s.id}]" for s in old if s.id not in new_ids]
+    added = [texts.step_name(s) for s in new if s.id not in old_ids]
+    removed = [f"{texts.step_name(s)} [{s.id}]" for s in old if s.id not in new_ids]
     renamed = [
         f"{o.title} → {n.title}"
         for o in old
@@ -159,28 +142,22 @@ def _diff(old: Roadmap, new: Roadmap) -> tuple[list[str], list[str], list[str]]:
 )
 def reload(ctx: Ctx) -> Outcome:
     try:
-        new = ctx.services.load_roadmap()
+        new = ctx.load_roadmap()
     except RoadmapError as exc:
-        m = Message().line("✗ The new roadmap was refused; the old one stays. Problems:")
+        m = Message().line(texts.ROADMAP_REFUSED)
         m.bullets([[line] for line in str(exc).splitlines()[:20]])
         return Outcome(m.reply())
     added, removed, renamed = _diff(ctx.roadmap, new)
-    m = Message().line(
-        "✓ Reloaded: ",
-        Bold(f"{len(new)} steps"),
-        f" in {len(new.sections)} sections. ",
-        "Everyone's progress is kept (it is keyed on step ids).",
-    )
-    for label, items in (("Added", added), ("Removed", removed), ("Renamed", renamed)):
+    m = Message().line(*texts.reloaded(len(new), len(new.sections)))
+    for label, items in (
+        (texts.STEPS_ADDED, added),
+        (texts.STEPS_REMOVED, removed),
+        (texts.STEPS_RENAMED, renamed),
+    ):
         if items:
-            m.line(f"{label} ({len(items)}):").bullets([[i] for i in items[:30]])
+            m.line(texts.changed_steps(label, len(items))).bullets([[i] for i in items[:30]])
     if not (added or removed or renamed):
-        m.line("No steps were added, removed or renamed.")
+        m.line(texts.NO_STEPS_CHANGED)
     if removed:
-        m.line(
-            "Progress on removed steps stays in the database and comes back if you restore them. ",
-            "Check with ",
-            Code(f"{ctx.prefix}team"),
-            ".",
-        )
+        m.line(*texts.removed_progress_kept(ctx.prefix))
     return Outcome(m.reply(), new_roadmap=new)

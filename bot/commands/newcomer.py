@@ -5,26 +5,26 @@ from __future__ import annotations
 from datetime import timedelta
 
 from bot import progress as rules
-from bot.commands.registry import Arg, ArgKind, CommandSet, Ctx, Outcome, help_reply
+from bot import texts
+from bot.commands.registry import (
+    DURATION,
+    STEP,
+    TIMEZONE,
+    Arg,
+    CommandSet,
+    Ctx,
+    Outcome,
+    help_reply,
+)
+from bot.markup import Message, text
 from bot.nudges import finished_message, pill
 from bot.ops import PAUSED_FOREVER, MarkFinishAnnounced, Send, SetPause, SetTimezone
 from bot.progress import Change, State, UndoRefused, current_step, is_finished
-from bot.render import (
-    Bold,
-    Code,
-    Message,
-    render_current,
-    render_progress,
-    render_roadmap,
-    resource_items,
-    step_heading,
-    text,
-)
+from bot.render import render_current, render_progress, render_roadmap, resource_items
 from bot.roadmap import Step
-from bot.timeutil import format_duration
 
 commands = CommandSet()
-STEP = Arg("step", ArgKind.STEP)
+OPTIONAL_STEP = Arg("step", STEP)
 
 
 def _after(ctx: Ctx, change: Change | None, lead: Message) -> Outcome:
@@ -41,12 +41,9 @@ def help_(ctx: Ctx) -> Outcome:
 
 @commands.command("start", "enroll in the roadmap and see the first step")
 def start(ctx: Ctx) -> Outcome:
+    roadmap = ctx.roadmap
     lead = Message().line(
-        Bold(f"Welcome to the {ctx.roadmap.title}!"),
-        f" It has {len(ctx.roadmap)} steps in {len(ctx.roadmap.sections)} sections. ",
-        "I'll keep track of where you are. Say ",
-        Code(f"{ctx.prefix}help"),
-        " at any time to see what I can do.",
+        *texts.welcome(roadmap.title, len(roadmap), len(roadmap.sections), ctx.prefix)
     )
     return _after(ctx, None, lead)
 
@@ -56,35 +53,36 @@ def next_(ctx: Ctx) -> Outcome:
     return _after(ctx, None, Message())
 
 
-@commands.command("resources", "the resources of the current or the named step", args=[STEP])
+@commands.command(
+    "resources", "the resources of the current or the named step", args=[OPTIONAL_STEP]
+)
 def resources(ctx: Ctx, step: Step | None) -> Outcome:
     step = step or current_step(ctx.roadmap, ctx.progress)
     if step is None:
-        return Outcome(text("You have finished the roadmap; name a step to see its resources."))
-    m = Message().line(*step_heading(step, len(ctx.roadmap)))
+        return Outcome(texts.RESOURCES_AFTER_FINISH)
+    m = Message().line(*texts.step_heading(step, len(ctx.roadmap)))
     if step.resources:
         m.bullets(resource_items(step.resources))
     else:
-        m.line("This step has no links; its topics are: ", ", ".join(step.topics) or "—", ".")
+        m.line(*texts.no_links(step.topics))
     return Outcome(m.reply())
 
 
-def _finish(ctx: Ctx, step: Step | None, state: State, verb: str) -> Outcome:
+def _finish(ctx: Ctx, step: Step | None, state: State) -> Outcome:
     step = step or current_step(ctx.roadmap, ctx.progress)
     if step is None:
-        return Outcome(text("You have finished every step already. 🎉"))
+        return Outcome(texts.NOTHING_LEFT_TO_FINISH)
     change = rules.finish(ctx.roadmap, ctx.progress, step, state)
     if change is None:
-        lead = Message().line(f"{step.number} {step.title} is already marked {state.value}.")
-        return _after(ctx, None, lead)
+        return _after(ctx, None, Message().line(texts.already_marked(step, state)))
     after = rules.apply(ctx.progress, change, ctx.now)
-    lead = Message().line(f"{verb} ", Bold(f"{step.number} {step.title}"), ".")
+    lead = Message().line(*texts.marked(step, state))
     if is_finished(ctx.roadmap, after) and not is_finished(ctx.roadmap, ctx.progress):
-        lead.line("That was the last step. Congratulations on finishing the roadmap! 🎉")
+        lead.line(texts.JUST_FINISHED)
         if ctx.progress.finish_announced_at is not None:
             return Outcome(lead.reply(), (change,))  # finished again after !undo: told once
         mentor = ctx.progress.mentor
-        tell = [mentor] if mentor else sorted(ctx.services.mentors)
+        tell = [mentor] if mentor else sorted(ctx.team.mentors)
         content = finished_message(ctx.sender, ctx.roadmap)
         return Outcome(
             lead.reply(),
@@ -92,45 +90,49 @@ def _finish(ctx: Ctx, step: Step | None, state: State, verb: str) -> Outcome:
             ops=(MarkFinishAnnounced(ctx.sender),),
             messages=tuple(Send(f"finished-{m}", content, to_user=m) for m in tell),
         )
-    lead.line("Next up:")
+    lead.line(texts.NEXT_UP)
     return _after(ctx, change, lead)
 
 
-@commands.command("done", "mark the current (or named) step done, then see the next", args=[STEP])
+@commands.command(
+    "done", "mark the current (or named) step done, then see the next", args=[OPTIONAL_STEP]
+)
 def done(ctx: Ctx, step: Step | None) -> Outcome:
-    return _finish(ctx, step, State.DONE, "✓ Done:")
+    return _finish(ctx, step, State.DONE)
 
 
-@commands.command("skip", "skip the current (or named) step, then see the next", args=[STEP])
+@commands.command(
+    "skip", "skip the current (or named) step, then see the next", args=[OPTIONAL_STEP]
+)
 def skip(ctx: Ctx, step: Step | None) -> Outcome:
-    return _finish(ctx, step, State.SKIPPED, "↷ Skipped:")
+    return _finish(ctx, step, State.SKIPPED)
 
 
-@commands.command("doing", "mark a step as in progress; it stays current until done", args=[STEP])
+@commands.command(
+    "doing", "mark a step as in progress; it stays current until done", args=[OPTIONAL_STEP]
+)
 def doing(ctx: Ctx, step: Step | None) -> Outcome:
     step = step or current_step(ctx.roadmap, ctx.progress)
     if step is None:
-        return Outcome(text("You have finished every step; name one to work on it again."))
+        return Outcome(texts.NOTHING_LEFT_TO_START)
     change = rules.start_learning(ctx.roadmap, ctx.progress, step)
-    lead = Message().line("◐ Working on ", Bold(f"{step.number} {step.title}"), ". Good luck!")
-    return Outcome(lead.reply(), (change,) if change else ())
+    return Outcome(text(*texts.working_on(step)), (change,) if change else ())
 
 
 @commands.command("undo", "revert your last done or skip")
 def undo(ctx: Ctx) -> Outcome:
     change = rules.undo(ctx.progress)
     if isinstance(change, UndoRefused):
-        return Outcome(text(change.reason))
+        return Outcome(text(change.reason))  # the rule's own words: see progress.undo
     step = ctx.roadmap.get(change.step_id)
-    name = f"{step.number} {step.title}" if step else str(change.step_id)
-    lead = Message().line("↶ Undone: ", Bold(name), f" is {change.to_state} again.")
-    return _after(ctx, change, lead)
+    name = texts.step_name(step) if step else str(change.step_id)
+    return _after(ctx, change, Message().line(*texts.undone(name, str(change.to_state))))
 
 
-@commands.command("goto", "make a step your current one", args=[Arg("step", ArgKind.STEP, True)])
+@commands.command("goto", "make a step your current one", args=[Arg("step", STEP, required=True)])
 def goto(ctx: Ctx, step: Step) -> Outcome:
     change = rules.goto(ctx.roadmap, ctx.progress, step)
-    return _after(ctx, change, Message().line("➜ Moved to this step."))
+    return _after(ctx, change, Message().line(texts.MOVED))
 
 
 @commands.command("progress", "what you have done so far, section by section")
@@ -146,54 +148,38 @@ def roadmap(ctx: Ctx) -> Outcome:
 @commands.command(
     "pause",
     "stop reminders for a while (e.g. 5d), or until you resume",
-    args=[Arg("duration", ArgKind.DURATION)],
+    args=[Arg("duration", DURATION)],
 )
 def pause(ctx: Ctx, duration: timedelta | None) -> Outcome:
-    if duration is None:
-        until, when = PAUSED_FOREVER, f"until you say {ctx.prefix}resume"
-    else:
-        until, when = ctx.now + duration, f"for {format_duration(duration)}"
-    reply = text("⏸ Reminders paused ", when, ". Your progress stays as it is.")
-    return Outcome(reply, ops=(SetPause(ctx.sender, until),))
+    until = PAUSED_FOREVER if duration is None else ctx.now + duration
+    return Outcome(texts.paused(duration, ctx.prefix), ops=(SetPause(ctx.sender, until),))
 
 
 @commands.command("resume", "start reminders again after a pause")
 def resume(ctx: Ctx) -> Outcome:
-    return Outcome(
-        text("▶ Reminders are back on. Welcome back!"), ops=(SetPause(ctx.sender, None),)
-    )
+    return Outcome(texts.RESUMED, ops=(SetPause(ctx.sender, None),))
 
 
 @commands.command("mentor", "who your mentor is")
 def mentor(ctx: Ctx) -> Outcome:
     if ctx.progress.mentor is None:
-        if ctx.services.mentors:
-            m = Message().line("You have no mentor assigned yet. The team's mentors are:")
-            m.bullets([[pill(u)] for u in sorted(ctx.services.mentors)])
+        if ctx.team.mentors:
+            m = Message().line(texts.NO_MENTOR_YET)
+            m.bullets([[pill(u)] for u in sorted(ctx.team.mentors)])
             return Outcome(m.reply())
-        return Outcome(text("You have no mentor assigned yet; ask your team lead."))
-    return Outcome(text("Your mentor is ", pill(ctx.progress.mentor), "."))
+        return Outcome(texts.NO_MENTOR_AT_ALL)
+    return Outcome(texts.your_mentor(ctx.progress.mentor))
 
 
 @commands.command(
     "timezone",
     "set your time zone (Area/City) for reminders and working days",
-    args=[Arg("zone", ArgKind.TIMEZONE)],
+    args=[Arg("zone", TIMEZONE)],
     aliases=("tz",),
 )
 def timezone(ctx: Ctx, zone: str | None) -> Outcome:
     if zone is None:
-        shown = ctx.progress.timezone or f"{ctx.services.policy.timezone.key} (the team's default)"
         return Outcome(
-            text(
-                "Your time zone is ",
-                shown,
-                ". Change it with ",
-                Code(f"{ctx.prefix}timezone Europe/Berlin"),
-                ".",
-            )
+            texts.your_timezone(ctx.progress.timezone, ctx.policy.timezone.key, ctx.prefix)
         )
-    return Outcome(
-        text("🕑 Your time zone is now ", zone, "; reminders follow your working days there."),
-        ops=(SetTimezone(ctx.sender, zone),),
-    )
+    return Outcome(texts.timezone_set(zone), ops=(SetTimezone(ctx.sender, zone),))

@@ -7,72 +7,54 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import typing
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
-from enum import Enum, IntEnum
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Protocol
 
+from bot import texts
+from bot.markup import Message, Reply
 from bot.mentions import Resolved, resolve_users
 from bot.ops import Op, Send
-from bot.progress import Change, Progress
-from bot.render import Code, Message, Reply, echo, render_candidates, text
-from bot.roadmap import Roadmap, find_step
+from bot.progress import ActivityEntry, Change, NewcomerInfo, Progress
+from bot.render import render_candidates
+from bot.roadmap import Roadmap, Step, find_step
+from bot.team import Role, TeamState
 from bot.timeutil import BadValue, parse_duration, parse_timezone
 
 if TYPE_CHECKING:
     from bot.nudges import NudgePolicy
-    from bot.store import Store
+
+__all__ = ["Role"]  # re-exported: commands and the Matrix edge name roles from here
 
 MAX_COMMAND_LENGTH = 2000
 
 
-class Role(IntEnum):
-    NEWCOMER = 0
-    MENTOR = 1
-    ADMIN = 2
+class Reader(Protocol):
+    """What a handler may read from the store; writing is the dispatcher's, after the handler
+    returns. The store is one, but a handler sees only this."""
 
+    async def load_progress(self, user_id: str) -> Progress: ...
 
-class ArgKind(Enum):
-    STEP = "step"  # a step id, number or title fragment; takes the rest of the line
-    TEXT = "text"  # free text; takes the rest of the line
-    USER = "user"  # an MXID, a mention pill or an unambiguous localpart; one word
-    DURATION = "duration"  # 30s, 45m, 12h, 3d, 1w; one word
-    TIMEZONE = "timezone"  # Area/City; one word
-    FLAG = "flag"  # --name anywhere in the arguments: True if given
+    async def history(self, user_id: str, limit: int = 20) -> list[ActivityEntry]: ...
 
+    async def newcomers(
+        self, step_ids: Iterable[str], user_id: str | None = None, limit: int = -1
+    ) -> list[NewcomerInfo]: ...
 
-ONE_WORD = (ArgKind.DURATION, ArgKind.TIMEZONE)
+    async def count_newcomers(self) -> int: ...
 
-
-@dataclass(frozen=True)
-class Arg:
-    name: str
-    kind: ArgKind
-    required: bool = False
-
-    def usage(self) -> str:
-        if self.kind is ArgKind.FLAG:
-            return f"[--{self.name}]"
-        return f"<{self.name}>" if self.required else f"[{self.name}]"
-
-
-@dataclass
-class Services:
-    """What handlers may read beyond their snapshot. Handlers read; only the store writes."""
-
-    store: Store
-    policy: NudgePolicy
-    mentors: frozenset[str]
-    server_name: str
-    load_roadmap: Callable[[], Roadmap]
+    async def users_with_localpart(self, localpart: str) -> list[str]: ...
 
 
 @dataclass(frozen=True)
 class Ctx:
     """What a command handler may look at. It reads; the store writes the returned changes."""
 
-    roadmap: Roadmap
+    team: TeamState
+    reader: Reader
     prefix: str
     sender: str
     room_id: str
@@ -80,10 +62,116 @@ class Ctx:
     role: Role
     progress: Progress
     commands: CommandSet
-    services: Services
-    # Anyone's role as the dispatcher judges it (config, or power in the team room).
-    role_of: Callable[[str], Role]
+    server_name: str
+    load_roadmap: Callable[[], Roadmap]  # what !reload reads
     formatted_body: str | None = None
+
+    @property
+    def roadmap(self) -> Roadmap:
+        return self.team.roadmap
+
+    @property
+    def policy(self) -> NudgePolicy:
+        return self.team.policy
+
+    def role_of(self, user_id: str) -> Role:
+        return self.team.role_of(user_id)
+
+
+# --- argument parsers: declared with the command, checked against its handler -----------------
+
+
+class Width(Enum):
+    """How much of a command's arguments a parser reads."""
+
+    WORD = "word"  # one word
+    REST = "rest"  # the rest of the line
+    FLAG = "flag"  # --name anywhere in the arguments
+    PERSON = "person"  # an MXID, a mention pill or an unambiguous localpart, in the order written
+
+
+class Parser:
+    """Turns its share of a command's arguments into the value the handler gets (`type`), or
+    raises UsageError with a reply that says why not."""
+
+    width: Width = Width.REST
+    type: Any = str
+
+    async def parse(self, raw: str, ctx: Ctx) -> Any:
+        return raw
+
+
+class TextParser(Parser):
+    """Free text; takes the rest of the line."""
+
+
+class StepParser(Parser):
+    """A step id, number or title fragment; takes the rest of the line."""
+
+    type = Step
+
+    async def parse(self, raw: str, ctx: Ctx) -> Step:
+        found = find_step(ctx.roadmap, raw)
+        if found.step is None:
+            raise UsageError(render_candidates(raw, found.candidates, found.ambiguous, ctx.prefix))
+        return found.step
+
+
+class DurationParser(Parser):
+    """30s, 45m, 12h, 3d, 1w."""
+
+    width, type = Width.WORD, timedelta
+
+    async def parse(self, raw: str, ctx: Ctx) -> timedelta:
+        try:
+            return parse_duration(raw)
+        except BadValue as exc:
+            raise UsageError(texts.bad_value(raw, exc.problem)) from None
+
+
+class TimezoneParser(Parser):
+    """Area/City; the handler gets the zone's key."""
+
+    width = Width.WORD
+
+    async def parse(self, raw: str, ctx: Ctx) -> str:
+        try:
+            return parse_timezone(raw).key
+        except BadValue as exc:
+            raise UsageError(texts.bad_value(raw, exc.problem)) from None
+
+
+class FlagParser(Parser):
+    width, type = Width.FLAG, bool
+
+
+class PersonParser(Parser):
+    """A user id; people are resolved together (see `_people`), since a pill's text may hold
+    spaces."""
+
+    width = Width.PERSON
+
+
+STEP, TEXT, DURATION, TIMEZONE = StepParser(), TextParser(), DurationParser(), TimezoneParser()
+FLAG, PERSON = FlagParser(), PersonParser()
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    parser: Parser
+    required: bool = False
+
+    def usage(self) -> str:
+        if self.parser.width is Width.FLAG:
+            return f"[--{self.name}]"
+        return f"<{self.name}>" if self.required else f"[{self.name}]"
+
+    @property
+    def type(self) -> Any:
+        """The type the handler's parameter must declare."""
+        base = self.parser.type
+        return base if self.required or self.parser.width is Width.FLAG else base | None
 
 
 @dataclass(frozen=True)
@@ -156,6 +244,7 @@ class CommandSet:
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             cmd = Command(name, help, handler, tuple(args), tuple(aliases), role, enrolls, private)
+            check_signature(cmd)
             for key in (name, *cmd.aliases):
                 if key in self._names:
                     raise ValueError(f"command name {key!r} declared twice")
@@ -188,28 +277,31 @@ class CommandSet:
         return difflib.get_close_matches(name, names, n=3, cutoff=0.5)
 
 
+def check_signature(cmd: Command) -> None:
+    """The handler takes `ctx` and then exactly the declared arguments, each typed as its
+    parser's value (`X | None` when optional): a mismatch fails at import, not at a message."""
+    where = f"command {cmd.name!r} ({cmd.handler.__module__}.{cmd.handler.__qualname__})"
+    hints = typing.get_type_hints(cmd.handler)
+    params = list(inspect.signature(cmd.handler).parameters)
+    declared = [a.name for a in cmd.args]
+    if params[1:] != declared:
+        raise TypeError(f"{where}: the handler takes {params[1:]}, the declaration {declared}")
+    for arg in cmd.args:
+        if hints.get(arg.name) != arg.type:
+            raise TypeError(
+                f"{where}: argument {arg.name!r} is parsed as {arg.type}, "
+                f"but the handler declares {hints.get(arg.name)}"
+            )
+
+
 def help_reply(commands: CommandSet, role: Role, prefix: str) -> Reply:
-    m = Message().line("Here is what I can do for you:")
-    m.bullets([Code(c.usage(prefix)), f" — {c.help}"] for c in commands.visible_to(role))
-    return m.line(
-        "A step can be named by its number (",
-        Code("2.8"),
-        "), its id (",
-        Code("web-server"),
-        ") or a piece of its title.",
-    ).reply()
+    m = Message().line(texts.HELP_HEADING)
+    m.bullets(texts.help_item(c.usage(prefix), c.help) for c in commands.visible_to(role))
+    return m.line(*texts.HELP_STEP_NAMES).reply()
 
 
 def unknown_command_reply(commands: CommandSet, name: str, role: Role, prefix: str) -> Reply:
-    close = commands.suggest(name, role)
-    parts: list[Any] = ["I don't know the command ", echo(f"{prefix}{name}"), ". "]
-    if close:
-        parts.append("Did you mean ")
-        for i, c in enumerate(close):
-            parts += [", " if i else "", Code(f"{prefix}{c}")]
-        parts.append("? ")
-    parts += ["Say ", Code(f"{prefix}help"), " for the list of commands."]
-    return text(*parts)
+    return texts.unknown_command(f"{prefix}{name}", commands.suggest(name, role), prefix)
 
 
 class UsageError(Exception):
@@ -220,38 +312,32 @@ class UsageError(Exception):
         self.reply = reply
 
 
-async def _resolve_users(cmd: Command, ctx: Ctx, raw_args: str) -> list[Resolved]:
-    count = sum(1 for a in cmd.args if a.kind is ArgKind.USER)
+def _usage(cmd: Command, ctx: Ctx) -> UsageError:
+    return UsageError(texts.usage(cmd.usage(ctx.prefix), cmd.help))
+
+
+async def _people(cmd: Command, ctx: Ctx, raw_args: str) -> list[Resolved]:
+    """Every person named, in the order written. A name without a server is looked up among
+    the mentors and the newcomers with that localpart, never in the whole list."""
+    count = sum(1 for a in cmd.args if a.parser.width is Width.PERSON)
     if not count:
         return []
-    known = set(await ctx.services.store.known_users()) | set(ctx.services.mentors)
+    known = set(ctx.team.mentors)
+    for word in {w.removeprefix("@").lower() for w in raw_args.split()}:
+        if word and ":" not in word:
+            known.update(await ctx.reader.users_with_localpart(word))
     return resolve_users(
         raw_args,
         ctx.formatted_body,
         count=count,
         known_users=known,
-        default_server=ctx.services.server_name,
+        default_server=ctx.server_name,
     )
-
-
-def _person(found: Resolved) -> str:
-    if found.user_id is None:
-        raise UsageError(found.problem or text("I don't know who that is."))
-    return found.user_id
-
-
-def _word(arg: Arg, word: str) -> Any:
-    try:
-        if arg.kind is ArgKind.DURATION:
-            return parse_duration(word)
-        return parse_timezone(word).key
-    except BadValue as exc:
-        raise UsageError(text(echo(word), f" {exc.problem}.")) from None
 
 
 def _flags(cmd: Command, raw_args: str) -> tuple[dict[str, bool], str]:
     """The declared --flags given (wherever written), and the arguments without them."""
-    names = {f"--{a.name}": a.name for a in cmd.args if a.kind is ArgKind.FLAG}
+    names = {f"--{a.name}": a.name for a in cmd.args if a.parser.width is Width.FLAG}
     if not names:
         return {}, raw_args
     words = raw_args.split(" ")
@@ -261,44 +347,37 @@ def _flags(cmd: Command, raw_args: str) -> tuple[dict[str, bool], str]:
 
 
 async def _arguments(cmd: Command, ctx: Ctx, raw_args: str) -> dict[str, Any]:
-    flags, raw_args = _flags(cmd, raw_args)
+    flags, rest = _flags(cmd, raw_args)
     values: dict[str, Any] = dict(flags)
-    users = await _resolve_users(cmd, ctx, raw_args)
-    rest = raw_args
+    people = await _people(cmd, ctx, rest)
     for arg in cmd.args:
-        if arg.kind is ArgKind.FLAG:
+        width = arg.parser.width
+        if width is Width.FLAG:
             continue
-        if arg.kind is ArgKind.USER:
-            # People are named by MXID, pill or localpart, in the order written.
-            if users:
-                values[arg.name] = _person(users.pop(0))
+        if width is Width.PERSON:
+            if people:
+                found = people.pop(0)
+                if found.user_id is None:
+                    raise UsageError(found.problem or texts.UNKNOWN_PERSON)
+                values[arg.name] = found.user_id
             elif arg.required:
-                raise UsageError(text("Usage: ", Code(cmd.usage(ctx.prefix)), f" — {cmd.help}"))
+                raise _usage(cmd, ctx)
             else:
                 values[arg.name] = None
             rest = ""
             continue
         if not rest:
             if arg.required:
-                raise UsageError(text("Usage: ", Code(cmd.usage(ctx.prefix)), f" — {cmd.help}"))
+                raise _usage(cmd, ctx)
             values[arg.name] = None
             continue
-        if arg.kind is ArgKind.STEP:
-            found = find_step(ctx.roadmap, rest)
-            if found.step is None:
-                raise UsageError(
-                    render_candidates(rest, found.candidates, found.ambiguous, ctx.prefix)
-                )
-            values[arg.name] = found.step
-            rest = ""
-        elif arg.kind in ONE_WORD:
+        if width is Width.WORD:
             word, _, rest = rest.partition(" ")
-            values[arg.name] = _word(arg, word)
         else:
-            values[arg.name] = rest
-            rest = ""
-    if rest or users:
-        raise UsageError(text("That is more than I expected. Usage: ", Code(cmd.usage(ctx.prefix))))
+            word, rest = rest, ""
+        values[arg.name] = await arg.parser.parse(word, ctx)
+    if rest or people:
+        raise UsageError(texts.more_than_expected(cmd.usage(ctx.prefix)))
     return values
 
 

@@ -13,7 +13,7 @@ import pytest_asyncio
 from nio import AsyncClient
 
 from bot import cross_signing as xs
-from bot.devserver import NotReady
+from bot.dev.process import NotReady
 from bot.identity import Session, query_keys, read_session
 from tests.harness import MakePerson, Synapse
 from tests.harness.bot import BotProcess, new_bot

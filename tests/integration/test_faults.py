@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import random
 import secrets
 import sqlite3
@@ -15,14 +14,18 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 import pytest
 
 from bot import progress as rules
-from bot.devserver import NotReady
+from bot.dev.process import NotReady
+from bot.identity import Session, read_session
+from bot.ops import Send
 from bot.progress import Change, Progress, State, Undoable, UndoRefused
 from bot.roadmap import Roadmap, load_roadmap
+from bot.store import Store
 from tests.harness import MakePerson, MakeSynapse, Person, ReceivedMessage, Synapse
 from tests.harness.attacker import api, fake_megolm, send_raw
 from tests.harness.bot import REPO, BotProcess, new_bot, open_chat, running
@@ -91,8 +94,10 @@ def read_only_db(bot: BotProcess) -> Iterator[sqlite3.Connection]:
         db.close()
 
 
-def session_of(bot: BotProcess) -> dict[str, str]:
-    return dict(json.loads((bot.data_dir / "session.json").read_text()))
+def session_of(bot: BotProcess) -> Session:
+    session = read_session(bot.data_dir)
+    assert session is not None, "the bot saved no session"
+    return session
 
 
 # ------------------------------------------------ the pure rules, replayed for SIGKILL storms
@@ -397,7 +402,7 @@ async def test_revoked_token_stops_the_bot_with_a_clear_message(
     async with running(bot):
         session = session_of(bot)
         status, body = await api(
-            "POST", f"{synapse.url}/_matrix/client/v3/logout", session["access_token"]
+            "POST", f"{synapse.url}/_matrix/client/v3/logout", session.access_token
         )
         assert status == 200, body
         assert bot.proc is not None
@@ -485,3 +490,42 @@ async def test_undecryptable_messages_get_one_note_per_sender_an_hour(
         await gus.no_more_replies(room, wait=4)
         # And the bot still reads what it can decrypt.
         assert "step 1 of" in (await ask(gus, room, "!start")).body
+
+
+async def test_a_message_refused_for_good_holds_back_nothing_behind_it(
+    synapse: Synapse, make_person: MakePerson, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # Bug (issue 10): a send failing with a permanent error (here M_TOO_LARGE) was counted as
+    # one more attempt and retried over up to 8 flushes, holding back the room meanwhile.
+    bot = await new_bot(synapse, tmp_path_factory.mktemp("too-large-bot"), "too-large-bot")
+    ana = await make_person("ana")
+    async with running(bot):
+        room = await open_chat(ana, bot.user_id)
+        await ask(ana, room, "!start")
+        assert await bot.stop() == 0
+    # While the bot is down, a message the homeserver will never take (over 64 KiB) is queued
+    # ahead of an ordinary one for the same room.
+    store = await Store.open(bot.data_dir / "bot.db")
+    try:
+        await store.commit_job(
+            ops=(),
+            messages=[
+                ("too-large", Send("x", {"msgtype": "m.notice", "body": "x" * 70_000}, room)),
+                ("after-it", Send("y", {"msgtype": "m.notice", "body": "the one after"}, room)),
+            ],
+            at=datetime.now(UTC),
+        )
+    finally:
+        await store.close()
+
+    async with running(bot):
+        after = await ana.reply(room, timeout=20)
+        assert after.body == "the one after"
+        await ana.no_more_replies(room, wait=2)
+        assert bot.log_text().count("sending failed for good") == 1
+        assert "M_TOO_LARGE" in bot.log_text()
+    store = await Store.open(bot.data_dir / "bot.db")
+    try:
+        assert await store.outbox() == []
+    finally:
+        await store.close()

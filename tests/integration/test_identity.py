@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bot import cross_signing as xs
-from bot.devserver import NotReady
+from bot.dev.process import NotReady
 from bot.identity import query_keys, read_session
 from tests.harness import MakePerson, Person, Synapse
 from tests.harness.bot import BotProcess, new_bot, open_chat

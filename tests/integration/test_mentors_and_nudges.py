@@ -32,6 +32,7 @@ class Team:
     maya: Person  # mentor by config
     maya_dm: str
     pete: Person  # mentor by power level 50 in the team room
+    pete_dm: str
     team_room: str
     ada: Person  # admin
     roadmap: Path  # the bot's own copy, which the admin edits
@@ -132,7 +133,8 @@ async def team(
     await maya.wait_for_join(team_room, bot_id, timeout=30)
     await maya.reply(team_room, timeout=30)  # greeting
     maya_dm = await private_chat(maya, bot)
-    yield Team(bot, maya, maya_dm, pete, team_room, ada, roadmap)
+    pete_dm = await private_chat(pete, bot)
+    yield Team(bot, maya, maya_dm, pete, pete_dm, team_room, ada, roadmap)
     bot.kill()
 
 
@@ -174,8 +176,7 @@ async def test_mentor_sees_status_history_and_team_and_assigns(
     assert "<table>" in (table.formatted_body or "") and "@nick:localhost" in table.body
 
     # A mentor by power level in the team room may use mentor commands too.
-    pete_dm = await private_chat(team.pete, team.bot)
-    assert "@nick:localhost" in await ask(team.pete, pete_dm, "!team")
+    assert "@nick:localhost" in await ask(team.pete, team.pete_dm, "!team")
 
 
 async def test_mentor_answers_asked_in_a_shared_room_go_to_the_direct_chat(team: Team) -> None:
@@ -192,9 +193,15 @@ async def test_nudges_reach_idle_newcomers_once_and_escalate(
 ) -> None:
     nell = await make_person("nell")
     paul = await make_person("paul")
+    olga = await make_person("olga")  # nobody's newcomer: every mentor hears of her
     nell_dm = await direct_chat(nell, team.bot)
     paul_dm = await direct_chat(paul, team.bot)
+    olga_dm = await direct_chat(olga, team.bot)
     await ask(nell, nell_dm, "!start")
+    await ask(olga, olga_dm, "!start")
+    # Bug (issue 10): the mentor by power level was missing from this list.
+    mentors = await ask(olga, olga_dm, "!mentor")
+    assert "@maya:localhost" in mentors and "@pete:localhost" in mentors
     assert "is now the mentor of" in await ask(team.maya, team.maya_dm, "!assign nell")
     # Nell's own chat lets later members read its history: what the bot tells her alone
     # (her mentor, her nudges) goes to a private chat it opens for her.
@@ -231,6 +238,9 @@ async def test_nudges_reach_idle_newcomers_once_and_escalate(
     # Other newcomers of this module are idle too; find the mentor's note about nell.
     escalation = await reply_about(team.maya, team.maya_dm, "@nell:localhost has been idle")
     assert "2 nudges" in escalation
+    # Bug (issue 10): a mentor by power level was never told of a stuck newcomer.
+    for mentor, dm in ((team.maya, team.maya_dm), (team.pete, team.pete_dm)):
+        assert "2 nudges" in await reply_about(mentor, dm, "@olga:localhost has been idle")
     await paul.no_more_replies(paul_dm, wait=0.5)
     assert not paul.client.invited_rooms, "paused, paul was nudged in a chat of his own"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 from collections.abc import AsyncIterator
 
@@ -11,6 +10,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from bot.identity import Session, read_session
 from tests.harness import MakePerson, Person, Synapse
 from tests.harness.bot import BotProcess
 
@@ -53,14 +53,20 @@ async def ask(person: Person, room: str, command: str) -> str:
     return reply.body
 
 
+def session_of(bot: BotProcess) -> Session:
+    session = read_session(bot.data_dir)
+    assert session is not None, "the bot saved no session"
+    return session
+
+
 async def bot_devices(bot: BotProcess) -> list[str]:
     """The bot account's devices, as the homeserver lists them."""
-    session = json.loads((bot.data_dir / "session.json").read_text())
+    session = session_of(bot)
     async with (
         aiohttp.ClientSession() as http,
         http.get(
-            f"{session['homeserver']}/_matrix/client/v3/devices",
-            headers={"Authorization": f"Bearer {session['access_token']}"},
+            f"{session.homeserver}/_matrix/client/v3/devices",
+            headers={"Authorization": f"Bearer {session.access_token}"},
         ) as resp,
     ):
         return sorted(d["device_id"] for d in (await resp.json())["devices"])
@@ -138,7 +144,7 @@ async def test_restart_keeps_progress_and_answers_what_came_meanwhile_once(
     assert "step 1 of 52" in await ask(rosa, room, "!start")
     assert "step 2 of 52" in await ask(rosa, room, "!done")
 
-    device_before = json.loads((bot.data_dir / "session.json").read_text())["device_id"]
+    device_before = session_of(bot).device_id
     devices_before = await bot_devices(bot)
     assert device_before in devices_before
     assert await bot.stop() == 0
@@ -155,8 +161,7 @@ async def test_restart_keeps_progress_and_answers_what_came_meanwhile_once(
 
     # The same device is reused across restarts: one device for the bot, ever.
     session_file = bot.data_dir / "session.json"
-    session = json.loads(session_file.read_text())
-    assert session["device_id"] == device_before
+    assert session_of(bot).device_id == device_before
     assert oct(session_file.stat().st_mode)[-3:] == "600"
     assert await bot_devices(bot) == devices_before
 

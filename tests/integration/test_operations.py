@@ -21,6 +21,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from bot.identity import read_session
+from bot.logs import READY
 from tests.harness import MakePerson, MakeSynapse, Person, Synapse
 from tests.harness.bot import BotProcess, new_bot
 
@@ -113,10 +115,11 @@ async def test_logs_are_json_lines_without_secrets(ops: Ops) -> None:
     lines = [line for line in ops.bot.log_text().splitlines() if line.strip()]
     entries = [json.loads(line) for line in lines]
     assert {"time", "level", "logger", "message"} <= set(entries[0])
-    assert any(e["message"].startswith("first sync done") for e in entries)
-    session = json.loads((ops.bot.data_dir / "session.json").read_text())
+    assert any(e["message"] == READY for e in entries)
+    session = read_session(ops.bot.data_dir)
+    assert session is not None
     log = ops.bot.log_text()
-    assert "ops-password" not in log and session["access_token"] not in log
+    assert "ops-password" not in log and session.access_token not in log
 
 
 async def test_metrics_after_a_conversation(ops: Ops, make_person: MakePerson) -> None:

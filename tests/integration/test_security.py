@@ -19,7 +19,7 @@ from urllib.parse import quote
 import pytest
 import pytest_asyncio
 
-from bot.devserver import NotReady
+from bot.dev.process import NotReady
 from tests.harness import MakePerson, MakeSynapse, Person, ReceivedMessage, Synapse
 from tests.harness.attacker import (
     api,

@@ -20,6 +20,7 @@ from bot.config import Config
 from bot.dispatch import Dispatcher, Incoming
 from bot.roadmap import Roadmap, load_roadmap, parse_roadmap
 from bot.store import OutboxItem, Store
+from bot.team import Team, TeamState
 
 ROOT = Path(__file__).resolve().parents[2]
 ROADMAP_FILE = ROOT / "roadmap.yaml"
@@ -119,12 +120,11 @@ def make_dispatcher(store: Store, roadmap: Roadmap, prefix: str = "!") -> Dispat
         }
     )
     ticks = itertools.count()
+    team = Team(TeamState(roadmap, nudge_policy(config), configured_mentors=frozenset({MENTOR})))
     return build_dispatcher(
         store,
-        roadmap,
-        policy=nudge_policy(config, None),
+        team,
         server_name="example.org",
-        mentors={MENTOR},
         prefix=prefix,
         clock=lambda: START + timedelta(minutes=next(ticks)),
     )

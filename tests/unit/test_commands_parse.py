@@ -5,7 +5,19 @@ from __future__ import annotations
 import pytest
 
 from bot.commands import all_commands
-from bot.commands.registry import CommandSet, Parsed, Role, help_reply, parse
+from bot.commands.registry import (
+    DURATION,
+    PERSON,
+    STEP,
+    Arg,
+    CommandSet,
+    Ctx,
+    Outcome,
+    Parsed,
+    Role,
+    help_reply,
+    parse,
+)
 
 
 @pytest.mark.parametrize(
@@ -77,3 +89,33 @@ def test_a_name_declared_twice_is_refused() -> None:
     commands.command("next", "one")(lambda ctx: None)
     with pytest.raises(ValueError, match="'next' declared twice"):
         commands.command("current", "two", aliases=("next",))(lambda ctx: None)
+
+
+# --- parsers are checked against the handler when a command is declared ----------------------
+
+
+def test_a_handler_missing_a_declared_argument_fails_at_declaration() -> None:
+    commands = CommandSet()
+    with pytest.raises(TypeError, match=r"command 'go'.*takes \[\], the declaration \['step'\]"):
+
+        @commands.command("go", "go somewhere", args=[Arg("step", STEP)])
+        def go(ctx: Ctx) -> Outcome:
+            raise AssertionError("never run")
+
+
+def test_a_handler_typed_unlike_its_parser_fails_at_declaration() -> None:
+    commands = CommandSet()
+    with pytest.raises(TypeError, match=r"argument 'for_how_long' is parsed as"):
+
+        @commands.command("nap", "nap", args=[Arg("for_how_long", DURATION)])
+        def nap(ctx: Ctx, for_how_long: str | None) -> Outcome:  # a timedelta, in truth
+            raise AssertionError("never run")
+
+
+def test_a_required_argument_is_not_optional_in_the_handler() -> None:
+    commands = CommandSet()
+    with pytest.raises(TypeError, match=r"argument 'who'"):
+
+        @commands.command("poke", "poke", args=[Arg("who", PERSON, required=True)])
+        def poke(ctx: Ctx, who: str | None) -> Outcome:
+            raise AssertionError("never run")

@@ -143,12 +143,12 @@ def test_bad_max_event_age_is_a_config_error(write_yaml) -> None:
 
 def test_the_manual_nudge_cooldown_is_a_duration_of_an_hour_by_default(write_yaml) -> None:
     data = minimal(password="x")
-    assert load_config(write_yaml(data, "a.yaml"), environ={}).nudges.manual_cooldown_delta == (
+    assert load_config(write_yaml(data, "a.yaml"), environ={}).nudges.manual_cooldown == (
         timedelta(hours=1)
     )
     data["nudges"] = {"manual_cooldown": "15m"}
     config = load_config(write_yaml(data, "b.yaml"), environ={})
-    assert config.nudges.manual_cooldown_delta == timedelta(minutes=15)
+    assert config.nudges.manual_cooldown == timedelta(minutes=15)
 
     data["nudges"] = {"manual_cooldown": "soon"}
     path = write_yaml(data, "c.yaml")

@@ -310,7 +310,7 @@ async def test_finishing_all_52_steps_congratulates(
     assert "You have finished every step already." in await chat.say("!done")
 
     # The mentors hear about it too, in their direct chat.
-    mentors = chat.dispatcher.services.mentors
+    mentors = chat.dispatcher.team.state.mentors
     assert mentors
     assert {item.to_user for item in await store.outbox() if item.to_user} == set(mentors)
 
@@ -321,7 +321,7 @@ async def test_finishing_is_announced_to_mentors_once_whatever_undo_does(
     def announced(items: list[Any]) -> list[str]:
         return [i.to_user for i in items if "has finished" in i.content["body"]]
 
-    mentors = sorted(chat.dispatcher.services.mentors)
+    mentors = sorted(chat.dispatcher.team.state.mentors)
     for _ in range(51):
         await chat.say("!skip")
     assert announced(await chat.send("!skip") or []) == mentors

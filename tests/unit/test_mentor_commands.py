@@ -24,6 +24,7 @@ from bot.ops import PAUSED_FOREVER
 from bot.progress import NewcomerInfo, State
 from bot.roadmap import Roadmap, load_roadmap
 from bot.store import OutboxItem, Store
+from bot.team import Team, TeamState
 from tests.unit.common import POLICY, ROADMAP_FILE
 
 NINA = "@nina:example.org"
@@ -43,13 +44,15 @@ class Bot:
         self.now = MONDAY
         self.roadmap_file = roadmap_file
         self._ids = itertools.count(1)
+        self.team = Team(
+            TeamState(
+                roadmap, POLICY, admins=frozenset({ADMIN}), configured_mentors=frozenset({MENTOR})
+            )
+        )
         self.dispatcher = build_dispatcher(
             store,
-            roadmap,
-            policy=POLICY,
+            self.team,
             server_name="example.org",
-            mentors={MENTOR},
-            admins={ADMIN},
             load_roadmap=lambda: load_roadmap(roadmap_file),
             clock=lambda: self.now,
         )
@@ -74,7 +77,7 @@ class Bot:
         return str((await self.send(sender, body, **kw))[0].content["body"])
 
     async def info(self, user_id: str) -> NewcomerInfo | None:
-        found = await self.store.newcomers([s.id for s in self.dispatcher.roadmap], user_id)
+        found = await self.store.newcomers([s.id for s in self.team.state.roadmap], user_id)
         return found[0] if found else None
 
 
@@ -162,8 +165,7 @@ async def test_assign_by_full_ids_names_another_mentor(bot: Bot) -> None:
 
 async def test_assign_names_a_mentor_found_by_power_level(bot: Bot) -> None:
     coach = "@coach:example.org"
-    people = bot.dispatcher.people
-    bot.dispatcher.people = replace(people, power_level=lambda u: 50 if u == coach else 0)
+    bot.team.swap(mentors_by_power=frozenset({coach}))
     await bot.say(NINA, "!start")
 
     assert await bot.say(MENTOR, f"!assign {NINA} {coach}") == (
@@ -362,7 +364,7 @@ async def test_a_second_nudge_within_the_cooldown_is_refused(bot: Bot) -> None:
 
 
 async def test_the_nudge_cooldown_comes_from_the_policy(bot: Bot) -> None:
-    bot.dispatcher.services.policy = replace(POLICY, manual_cooldown=timedelta(minutes=5))
+    bot.team.swap(policy=replace(POLICY, manual_cooldown=timedelta(minutes=5)))
     await bot.say(NINA, "!start")
     await bot.send(MENTOR, f"!nudge {NINA}")
     bot.now += timedelta(minutes=5)
@@ -376,7 +378,7 @@ async def test_reload_of_a_broken_roadmap_keeps_the_old_one(
     bot: Bot, roadmap_data: dict[str, Any]
 ) -> None:
     await bot.say(NINA, "!start")
-    old = bot.dispatcher.roadmap
+    old = bot.team.state.roadmap
     broken = copy.deepcopy(roadmap_data)
     docker = next(s for sec in broken["sections"] for s in sec["steps"] if s["id"] == "docker")
     docker["resources"][0]["url"] = "not a url"
@@ -387,7 +389,7 @@ async def test_reload_of_a_broken_roadmap_keeps_the_old_one(
     lines = reply.splitlines()
     assert lines[0] == "✗ The new roadmap was refused; the old one stays. Problems:"
     assert lines[1].startswith(f"• {bot.roadmap_file}: step docker, resource 1: bad URL")
-    assert bot.dispatcher.roadmap is old
+    assert bot.team.state.roadmap is old
     assert "1.2 Basic Internet — step 2 of 52" in await bot.say(NINA, "!done")
 
 
@@ -400,13 +402,13 @@ async def test_reload_of_unreadable_yaml_names_the_line(bot: Bot) -> None:
 
 async def test_reload_of_a_file_that_is_not_utf8_is_refused(bot: Bot) -> None:
     bot.roadmap_file.write_bytes("title: Café roadmap\n".encode("latin-1"))
-    old = bot.dispatcher.roadmap
+    old = bot.team.state.roadmap
 
     reply = await bot.say(ADMIN, "!reload")
 
     assert reply.startswith("✗ The new roadmap was refused; the old one stays.")
     assert str(bot.roadmap_file) in reply
-    assert bot.dispatcher.roadmap is old
+    assert bot.team.state.roadmap is old
 
 
 async def test_reload_reports_renamed_added_and_removed_steps_and_keeps_progress(
@@ -442,8 +444,8 @@ async def test_reload_reports_renamed_added_and_removed_steps_and_keeps_progress
         "Progress on removed steps stays in the database and comes back if you restore them. "
         "Check with !team.",
     ]
-    assert bot.dispatcher.roadmap.get("tracing") is not None
-    assert bot.dispatcher.roadmap.get("stomp") is None
+    assert bot.team.state.roadmap.get("tracing") is not None
+    assert bot.team.state.roadmap.get("stomp") is None
     progress = await bot.store.load_progress(NINA)
     assert progress.state("bash-terminal") == State.DONE
     assert progress.state("basic-internet") == State.DONE
@@ -538,3 +540,20 @@ async def test_mentor_names_the_team_until_one_is_assigned(bot: Bot) -> None:
     ]
     await bot.say(MENTOR, "!assign nina")
     assert await bot.say(NINA, "!mentor") == f"Your mentor is {MENTOR}."
+
+
+async def test_mentors_by_power_level_are_listed_and_told_of_a_finish(bot: Bot) -> None:
+    # Bug (issue 10): `!mentor` and the finish notice read only people.mentors.
+    coach = "@coach:example.org"
+    bot.team.swap(mentors_by_power=frozenset({coach}))
+    assert (await bot.say(NINA, "!mentor")).splitlines() == [
+        "You have no mentor assigned yet. The team's mentors are:",
+        f"• {coach}",
+        f"• {MENTOR}",
+    ]
+    for _ in range(len(bot.team.state.roadmap) - 1):
+        bot.now += timedelta(seconds=2)  # within the flood limit
+        await bot.say(NINA, "!skip")
+    items = await bot.send(NINA, "!done")
+    told = sorted(i.to_user for i in items[1:] if "has finished" in i.content["body"])
+    assert told == [coach, MENTOR]

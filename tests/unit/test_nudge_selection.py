@@ -22,12 +22,14 @@ from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecution
 from apscheduler.triggers.cron import CronTrigger
 
 from bot import progress as rules
+from bot.clock import ServerClock
 from bot.nudges import NudgePolicy
 from bot.ops import PAUSED_FOREVER, Op, RecordNudge, SetMentor, SetPause, SetTimezone
 from bot.progress import Progress, State
 from bot.roadmap import Roadmap, load_roadmap, parse_roadmap
 from bot.scheduler import NUDGES, Jobs, Scheduler
 from bot.store import OutboxItem, Store, ts
+from bot.team import Team, TeamState
 from tests.unit.common import POLICY, ROADMAP_FILE
 
 ROOM = "!dm:example.org"
@@ -117,12 +119,10 @@ def make_jobs(
 
     return Jobs(
         store=store,
-        roadmap=lambda: roadmap,
-        policy=policy,
-        mentors=lambda: frozenset(mentors),
+        team=Team(TeamState(roadmap, policy, configured_mentors=frozenset(mentors))),
         prefix="!",
         on_queued=on_queued,
-        clock=clock or Clock(NOW),
+        clock=ServerClock(clock or Clock(NOW)),
     )
 
 
@@ -485,6 +485,35 @@ async def test_escalation_without_an_assigned_mentor_goes_to_every_mentor(
     ]
 
 
+async def test_escalation_reaches_mentors_by_power_level_too(
+    store: Store, roadmap: Roadmap
+) -> None:
+    # Bug (issue 10): a mentor by power level in rooms.team was never told of a stuck newcomer.
+    user = "@alone:x.org"
+    await enroll(store, roadmap, user, at(2, 9))
+    state = TeamState(
+        roadmap,
+        replace(POLICY, escalate_after=1),
+        configured_mentors=frozenset({"@zoe:x.org"}),
+        mentors_by_power=frozenset({"@power:x.org"}),
+    )
+    jobs = Jobs(
+        store=store, team=Team(state), prefix="!", on_queued=noop, clock=ServerClock(Clock(NOW))
+    )
+
+    await jobs.nudge_sweep()
+
+    assert addressed(await store.outbox()) == [
+        ("nudge", user),
+        ("escalation", "@power:x.org"),
+        ("escalation", "@zoe:x.org"),
+    ]
+
+
+async def noop() -> None:
+    return None
+
+
 async def test_team_target_nudges_in_the_team_room_but_escalates_privately(
     store: Store, roadmap: Roadmap
 ) -> None:
@@ -519,7 +548,7 @@ async def test_a_run_missed_while_down_runs_once_at_start(store: Store, roadmap:
     await enroll(store, roadmap, "@idle:x.org", at(2, 9))
     await store.set_value(LAST_RUN, ts(NOW - timedelta(days=2)))  # missed Wed and Thu 09:00
     scheduler = Scheduler(make_jobs(store, roadmap), store)
-    scheduler.add(NUDGES, DAILY, "Europe/Berlin")
+    scheduler.add(NUDGES, CronTrigger.from_crontab(DAILY, timezone="Europe/Berlin"))
     finished = asyncio.Event()
     events: list[JobExecutionEvent] = []
 
@@ -550,7 +579,7 @@ async def test_no_catch_up_when_the_last_run_came_after_the_last_due_time(
     today_run = ts(at(5, 9, 0, 3))  # Thursday's 09:00 UTC run, before NOW (10:00)
     await store.set_value(LAST_RUN, today_run)
     scheduler = Scheduler(make_jobs(store, roadmap), store)
-    scheduler.add(NUDGES, DAILY, "Europe/Berlin")
+    scheduler.add(NUDGES, CronTrigger.from_crontab(DAILY, timezone="Europe/Berlin"))
     try:
         await scheduler.start()
         job = scheduler.scheduler.get_job(NUDGES)
@@ -565,7 +594,7 @@ async def test_the_first_start_records_the_time_without_running(
     store: Store, roadmap: Roadmap
 ) -> None:
     scheduler = Scheduler(make_jobs(store, roadmap), store)
-    scheduler.add(NUDGES, DAILY, "Europe/Berlin")
+    scheduler.add(NUDGES, CronTrigger.from_crontab(DAILY, timezone="Europe/Berlin"))
     try:
         await scheduler.start()
         job = scheduler.scheduler.get_job(NUDGES)

@@ -19,6 +19,7 @@ from bot.commands.registry import parse
 from bot.dispatch import Dispatcher, FloodGate, Incoming
 from bot.roadmap import find_step, load_roadmap
 from bot.store import OutboxItem, Store
+from bot.team import Team, TeamState
 from tests.unit.common import POLICY
 
 ROADMAP = load_roadmap(Path(__file__).resolve().parents[2] / "roadmap.yaml")
@@ -48,13 +49,13 @@ senders = st.sampled_from(["@nina:example.org", "@omar:example.org", MENTOR, ADM
 
 
 def dispatcher_on(store: Store, clock: Callable[[], datetime]) -> Dispatcher:
+    state = TeamState(
+        ROADMAP, POLICY, admins=frozenset({ADMIN}), configured_mentors=frozenset({MENTOR})
+    )
     return build_dispatcher(
         store,
-        ROADMAP,
-        policy=POLICY,
+        Team(state),
         server_name="example.org",
-        mentors={MENTOR},
-        admins={ADMIN},
         clock=clock,
         flood=FloodGate(limit=10**9),
     )

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bot.progress import Progress, State
-from bot.render import (
-    Bold,
-    Code,
-    Link,
-    Message,
-    echo,
-    render_candidates,
-    render_current,
-    render_progress,
-    render_roadmap,
-    text,
-)
+from bot import texts
+from bot.markup import Bold, Code, Link, Message, echo, text
+from bot.ops import PAUSED_FOREVER
+from bot.progress import NewcomerInfo, Progress, State
+from bot.render import render_candidates, render_current, render_progress, render_roadmap
+from bot.reports import DIGEST_ROWS, render_digest, render_status
 from bot.roadmap import Roadmap
+from tests.unit.common import POLICY
 
 HTML_TAG = re.compile(r"</?(p|ul|ol|li|strong|code|a|table|thead|tbody|tr|td|th)\b[^>]*>")
 
@@ -140,3 +135,65 @@ def test_roadmap_view_marks_states_and_the_current_step(roadmap: Roadmap) -> Non
     assert "• ◐ 11.1 Docker [docker] ← current" in lines
     assert "• ○ 1.3 Web Server [web-server]" in lines
     assert sum("← current" in line for line in lines) == 1
+
+
+# --- the command prefix ----------------------------------------------------------------------
+
+COMMAND = re.compile(r"!\w")  # "!" before a word: a command written with the default prefix
+
+
+def test_texts_that_name_a_command_use_the_chat_prefix(roadmap: Roadmap) -> None:
+    step = roadmap.steps[0]
+    replies = [
+        text(*texts.step_done_hint("?")),
+        text(*texts.roadmap_finished(1, 2, 3, "?")),
+        text(*texts.welcome("Roadmap", 3, 1, "?")),
+        texts.paused(None, "?"),
+        texts.your_timezone(None, "UTC", "?"),
+        text(texts.paused_until_resume("?")),
+        text(*texts.removed_progress_kept("?")),
+        text(texts.digest_cut(25, "?")),
+        texts.unknown_command("?dnoe", ["done"], "?"),
+        texts.role_refused("team", "mentor", "?"),
+        texts.unknown_step("x", "?"),
+        texts.greeting("?"),
+        texts.nudge("@n:example.org", step, timedelta(days=2), "?"),
+    ]
+    for reply in replies:
+        assert "?" in reply.body and COMMAND.search(reply.body) is None, reply.body
+
+
+def test_mentor_views_name_commands_with_the_chat_prefix(roadmap: Roadmap) -> None:
+    now = datetime(2026, 3, 5, 10, tzinfo=UTC)
+
+    def newcomer(n: int, paused_until: datetime | None = None) -> NewcomerInfo:
+        return NewcomerInfo(
+            user_id=f"@n{n}:example.org",
+            enrolled_at=now - timedelta(days=9),
+            current_step=roadmap.steps[0].id,
+            last_activity_at=now - timedelta(hours=1),
+            mentor=None,
+            paused_until=paused_until,
+            timezone=None,
+            finished_at=None,
+            last_nudged_at=None,
+            nudges_in_row=0,
+            nudges_total=0,
+            done=1,
+            skipped=0,
+        )
+
+    away = newcomer(0, paused_until=PAUSED_FOREVER)
+    status = render_status(roadmap, away, Progress(away.user_id), POLICY, now, prefix="?")
+    assert "• Paused: until ?resume" in status.body.splitlines()
+
+    many = [newcomer(n) for n in range(DIGEST_ROWS + 1)]
+    since = now - timedelta(days=7)
+    digests = [
+        render_digest(roadmap, many, {i.user_id: 1 for i in many}, POLICY, now, since, prefix=p)
+        for p in ("!", "?")
+    ]
+    assert [r.body.splitlines()[-1] for r in digests] == [
+        f"(at most {DIGEST_ROWS} of each shown; !team has everyone)",
+        f"(at most {DIGEST_ROWS} of each shown; ?team has everyone)",
+    ]

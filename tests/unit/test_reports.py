@@ -16,6 +16,7 @@ import pytest
 import pytest_asyncio
 
 from bot import progress as rules
+from bot.clock import ServerClock
 from bot.nudges import NudgePolicy
 from bot.ops import PAUSED_FOREVER
 from bot.progress import ActivityEntry, NewcomerInfo, Progress, State
@@ -23,6 +24,7 @@ from bot.reports import render_digest, render_history, render_status, render_tea
 from bot.roadmap import Roadmap, load_roadmap
 from bot.scheduler import Jobs
 from bot.store import Store
+from bot.team import Team, TeamState
 from tests.unit.common import POLICY, ROADMAP_FILE
 
 MENTOR = "@mentor:example.org"
@@ -338,12 +340,12 @@ def digest_jobs(store: Store, roadmap: Roadmap, policy: NudgePolicy) -> Jobs:
 
     return Jobs(
         store=store,
-        roadmap=lambda: roadmap,
-        policy=policy,
-        mentors=lambda: frozenset({MENTOR, "@other:example.org"}),
+        team=Team(
+            TeamState(roadmap, policy, configured_mentors=frozenset({MENTOR, "@other:example.org"}))
+        ),
         prefix="!",
         on_queued=on_queued,
-        clock=lambda: NOW,
+        clock=ServerClock(lambda: NOW),
     )
 
 

@@ -11,7 +11,56 @@ import pytest
 
 from bot.roadmap import Roadmap, RoadmapError, load_roadmap
 
-SEED_FILE = Path("/work/shared/seeds/000_c581697c755e9e56.txt")
+# The team's own document, which roadmap.yaml encodes; kept in the repository beside it.
+SOURCE_FILE = Path(__file__).resolve().parents[2] / "docs" / "roadmap-source.md"
+LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+# Titles roadmap.yaml writes differently from the source, on purpose (typos, plurals, clarity;
+# capitals are not compared).
+# Any other difference, or a step added, dropped or moved, fails the test below.
+EDITED_TITLES = {
+    "Basic Data Structure & Algorithm": "Basic Data Structures & Algorithms",
+    "Python2 vs Python3": "Python 2 vs Python 3",
+    "OOP": "Object-Oriented Programming (OOP)",
+    "Python data type": "Python Data Types",
+    "SOLID Principe": "SOLID Principles",
+    "Python Framework (web)": "Python Web Frameworks",
+    "Important Library": "Important Libraries",
+    "Python ASGI": "Python WSGI/ASGI Servers",
+    "Advanced Concept": "Advanced Concepts",
+    "Posgresql": "PostgreSQL",
+    "Databse Index": "Database Index",
+    "SQL (Query Language) tutorial": "SQL (Query Language)",
+    "In Memory caching": "In-Memory Caching",
+    "Tools": "Testing Tools",
+    "Monolithic": "Monolithic Architecture",
+    "Microservice": "Microservices",
+    "Patterns": "Microservice Patterns",
+    "Design Pattern": "Design Patterns",
+    "Communication concept": "Communication Concepts",
+    "hash function": "Hash Functions",
+    "Http Request": "HTTP Requests",
+    "CI / CD": "CI/CD",
+    "Communication Protocol": "Communication Protocols",
+}
+ENGINES = {"10": "Broker Engines", "14": "Monitoring Engines"}  # both are "Engine" in the source
+
+
+def source_sections() -> list[tuple[str, list[tuple[str, list[str]]]]]:
+    """(section title, [(step title, its links)]) as the source document has them."""
+    sections: list[tuple[str, list[tuple[str, list[str]]]]] = []
+    for line in SOURCE_FILE.read_text(encoding="utf-8").splitlines():
+        if re.match(r"##\s", line):
+            title = re.sub(r"^\d+\.\s*", "", LINK.sub(r"\1", line[2:]).strip())
+            sections.append((title, []))
+        elif re.match(r"###\s", line):
+            number, _, title = LINK.sub(r"\1", line[3:]).strip().partition(" ")
+            title = title.strip()
+            if title == "Engine":
+                title = ENGINES[number.split(".")[0]]
+            sections[-1][1].append((title, []))
+        elif sections and sections[-1][1]:
+            sections[-1][1][-1][1].extend(re.findall(r"https?://[^) \s]+", line))
+    return sections
 
 
 def problems(exc: pytest.ExceptionInfo[RoadmapError]) -> list[str]:
@@ -38,10 +87,27 @@ def test_real_roadmap_has_52_steps_in_14_sections(roadmap: Roadmap) -> None:
 
 
 def test_real_roadmap_keeps_every_link_of_the_seed_document(roadmap: Roadmap) -> None:
-    seed_urls = set(re.findall(r"https?://[^) \s]+", SEED_FILE.read_text(encoding="utf-8")))
+    seed_urls = set(re.findall(r"https?://[^) \s]+", SOURCE_FILE.read_text(encoding="utf-8")))
     assert len(seed_urls) == 74
     assert seed_urls - roadmap.all_urls() == set()
     assert len(roadmap.all_urls()) == 74
+
+
+def test_real_roadmap_has_the_sources_sections_and_steps_in_order(roadmap: Roadmap) -> None:
+    def as_encoded(title: str) -> str:  # capitals aside, the title roadmap.yaml should have
+        return EDITED_TITLES.get(title, title).lower()
+
+    source = source_sections()
+    assert [as_encoded(t) for t, _ in source] == [s.title.lower() for s in roadmap.sections]
+    for (_, steps), section in zip(source, roadmap.sections, strict=True):
+        assert [as_encoded(t) for t, _ in steps] == [s.title.lower() for s in section.steps]
+
+
+def test_every_link_of_a_source_step_is_a_resource_of_that_step(roadmap: Roadmap) -> None:
+    steps = [step for _, section in source_sections() for step in section]
+    assert len(steps) == len(roadmap) == 52
+    for (title, links), step in zip(steps, roadmap, strict=True):
+        assert set(links) <= {r.url for r in step.resources}, title
 
 
 def test_real_roadmap_step_numbers_and_ids_are_unique(roadmap: Roadmap) -> None:

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bot.texts import format_duration
 from bot.timeutil import (
     DAY_NAMES,
     DEFAULT_WORKING_DAYS,
     QuietHours,
-    format_duration,
     is_working_day,
     may_nudge_now,
     parse_duration,

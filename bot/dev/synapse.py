@@ -1,55 +1,33 @@
-"""A throw-away Synapse homeserver on loopback, for `onboarding-bot demo` and the integration tests.
-
-Synapse runs as a child process (`python -m synapse.app.homeserver`); it is never imported here,
-so the bot's own process needs only the `demo` (or `test`) extra installed, not loaded.
+"""A throwaway Synapse homeserver on loopback, for the demo, the integration tests and the
+benchmarks. Synapse runs as a child process (`python -m synapse.app.homeserver`), never imported
+here, so only the `demo` (or `test`) extra has to be installed, not loaded.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import base64
-import contextlib
-import ctypes
 import hashlib
 import hmac
-import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
 
-from bot.cross_signing import CrossSigningKeys
-
-__all__ = [
-    "GENEROUS_RATE_LIMITS",
-    "bot_config",
-    "DevSynapse",
-    "MakeSynapse",
-    "Synapse",
-    "NotReady",
-    "SynapseError",
-    "spawn",
-    "stop_process",
-    "wait_for_log",
-]
+from bot.dev.process import LOG_TAIL_LINES, spawn, stop_process, tail
 
 _READY_TIMEOUT_S = 60.0
-_STOP_TIMEOUT_S = 15.0
-_LOG_TAIL_LINES = 60
 
 _GENEROUS: dict[str, float] = {"per_second": 10_000, "burst_count": 100_000}
 
 #: Every ``rc_*`` rate limiter Synapse 1.163 reads, opened up wide so tests never hit a 429.
-GENEROUS_RATE_LIMITS: dict[str, Any] = {
+_GENEROUS_RATE_LIMITS: dict[str, Any] = {
     "rc_message": _GENEROUS,
     "rc_registration": _GENEROUS,
     "rc_registration_token_validity": _GENEROUS,
@@ -70,139 +48,6 @@ GENEROUS_RATE_LIMITS: dict[str, Any] = {
     "rc_profile": _GENEROUS,
 }
 
-# Every child process group we started and have not yet reaped; killed at interpreter exit.
-_LIVE_PROCESSES: dict[int, subprocess.Popen[bytes]] = {}
-
-
-def bot_config(
-    homeserver: str,
-    user_id: str,
-    password: str,
-    *layers: dict[str, Any],
-    device_name: str,
-    roadmap: Path,
-) -> dict[str, Any]:
-    """A bot config for a local homeserver (the demo, the tests, the benchmarks).
-
-    Each layer is merged in, in order: a mapping updates that section, anything else replaces.
-    """
-    config: dict[str, Any] = {
-        "matrix": {
-            "homeserver": homeserver,
-            "user_id": user_id,
-            "password": password,
-            "device_name": device_name,
-        },
-        "storage": {"data_dir": "data"},
-        "roadmap": str(roadmap),
-    }
-    for layer in layers:
-        for key, value in layer.items():
-            if isinstance(value, dict):
-                config.setdefault(key, {}).update(value)
-            else:
-                config[key] = value
-    return config
-
-
-def _kill_leftovers() -> None:
-    for proc in list(_LIVE_PROCESSES.values()):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
-    _LIVE_PROCESSES.clear()
-
-
-atexit.register(_kill_leftovers)
-
-
-def _child_setup() -> None:
-    """Runs in the child before exec: die with the parent even if the parent is SIGKILLed."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def spawn(
-    argv: Sequence[str], *, cwd: Path, log_path: Path, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    """Starts a child in its own process group, output appended to `log_path`.
-
-    Call it from the main thread: the child's parent-death signal fires when the *thread*
-    that started it ends.
-    """
-    with log_path.open("ab") as out:
-        # Popen (not asyncio's) so the child does not depend on a running loop.
-        proc = subprocess.Popen(
-            list(argv),
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-            preexec_fn=_child_setup,
-        )
-    _LIVE_PROCESSES[proc.pid] = proc
-    return proc
-
-
-async def stop_process(proc: subprocess.Popen[bytes], grace: float = _STOP_TIMEOUT_S) -> None:
-    """SIGTERM the child's process group, wait up to `grace` seconds, then SIGKILL. Idempotent."""
-    try:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.to_thread(proc.wait, grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await asyncio.to_thread(proc.wait, 5)
-        # Reap anything else left in the group (Synapse spawns no children, but be sure).
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        _LIVE_PROCESSES.pop(proc.pid, None)
-
-
-class NotReady(RuntimeError):
-    """A child process exited, or ran out of time, before logging what it was awaited for."""
-
-
-async def wait_for_log(
-    log_path: Path,
-    text: str,
-    proc: subprocess.Popen[bytes],
-    *,
-    timeout: float,  # noqa: ASYNC109 - the deadline is named in the error
-    offset: int = 0,
-    poll: float = 0.05,
-    what: str = "the process",
-) -> float:
-    """Polls `log_path` past byte `offset` until `text` appears; returns time.perf_counter()
-    then. Raises NotReady, with the log's last lines, if `proc` exits first or time runs out."""
-    deadline = time.monotonic() + timeout
-    needle = text.encode()
-    while True:
-        with contextlib.suppress(FileNotFoundError), log_path.open("rb") as f:
-            f.seek(offset)
-            if needle in f.read():
-                return time.perf_counter()
-        if proc.poll() is not None:
-            raise NotReady(
-                f"{what} exited with {proc.returncode} before logging {text!r}; "
-                f"last lines of {log_path}:\n{_tail(log_path)}"
-            )
-        if time.monotonic() > deadline:
-            raise NotReady(
-                f"{what} did not log {text!r} within {timeout:.0f}s; "
-                f"last lines of {log_path}:\n{_tail(log_path)}"
-            )
-        await asyncio.sleep(poll)
-
 
 def _port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -217,13 +62,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return f"<{path.name} does not exist>"
 
 
 def _signing_key_line() -> str:
@@ -262,11 +100,7 @@ class DevSynapse:
         )
         self._macaroon_secret = str(earlier.get("macaroon_secret_key") or secrets.token_hex(32))
         self._form_secret = str(earlier.get("form_secret") or secrets.token_hex(32))
-        #: Wall-clock seconds the most recent ``start()`` took until the client API answered.
-        self.last_start_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._passwords: dict[str, str] = {}
-        self._cross_signing: dict[str, CrossSigningKeys] = {}
 
     def _earlier_config(self) -> dict[str, Any]:
         try:
@@ -364,7 +198,7 @@ class DevSynapse:
             "presence": {"enabled": False},
             "url_preview_enabled": False,
             "experimental_features": {},
-            **GENEROUS_RATE_LIMITS,
+            **_GENEROUS_RATE_LIMITS,
         }
         if self.rc_message is not None:
             config["rc_message"] = dict(self.rc_message)
@@ -388,7 +222,6 @@ class DevSynapse:
         except BaseException:
             await self.stop()
             raise
-        self.last_start_seconds = time.monotonic() - began
 
     async def _wait_until_ready(self, deadline: float) -> None:
         assert self._proc is not None
@@ -414,8 +247,8 @@ class DevSynapse:
     def _failure(self, what: str) -> SynapseError:
         return SynapseError(
             f"Synapse ({self.config_path}) {what}.\n"
-            f"--- last {_LOG_TAIL_LINES} lines of {self.log_path} ---\n{_tail(self.log_path)}\n"
-            f"--- last lines of {self.stdout_path} ---\n{_tail(self.stdout_path, 20)}"
+            f"--- last {LOG_TAIL_LINES} lines of {self.log_path} ---\n{tail(self.log_path)}\n"
+            f"--- last lines of {self.stdout_path} ---\n{tail(self.stdout_path, 20)}"
         )
 
     async def stop(self) -> None:
@@ -424,23 +257,15 @@ class DevSynapse:
         if proc is not None:
             await stop_process(proc)
 
-    async def restart(self) -> None:
-        await self.stop()
-        await self.start()
-
     # ------------------------------------------------------------------ admin
 
     async def register(self, localpart: str, password: str, admin: bool = False) -> str:
         """Create a user through the shared-secret admin API and return its MXID."""
-        user_id = await self._register(localpart, password, admin, exist_ok=False)
-        self._passwords[user_id] = password
-        return user_id
+        return await self._register(localpart, password, admin, exist_ok=False)
 
     async def ensure_user(self, localpart: str, password: str, admin: bool = False) -> str:
         """Like ``register``, but an account that already exists is fine (its password is kept)."""
-        user_id = await self._register(localpart, password, admin, exist_ok=True)
-        self._passwords[user_id] = password
-        return user_id
+        return await self._register(localpart, password, admin, exist_ok=True)
 
     async def _register(self, localpart: str, password: str, admin: bool, *, exist_ok: bool) -> str:
         endpoint = f"{self.url}/_synapse/admin/v1/register"
@@ -474,19 +299,3 @@ class DevSynapse:
                 if exist_ok and resp.status == 400 and "M_USER_IN_USE" in text:
                     return self.mxid(localpart)
                 raise SynapseError(f"registering {localpart!r}: HTTP {resp.status} {text}")
-
-    def cross_signing_keys(self, user_id: str) -> CrossSigningKeys:
-        """The account's cross-signing keys, made on first use, so that every device logged in
-        for it here is signed by one identity (as a person's Element sessions are)."""
-        return self._cross_signing.setdefault(user_id, CrossSigningKeys.generate())
-
-    def password_of(self, user_id: str) -> str | None:
-        """The password a user was registered with through this object, if any."""
-        return self._passwords.get(user_id)
-
-
-#: The name the integration tests know it by.
-Synapse = DevSynapse
-
-#: Type of the ``make_synapse`` fixture: ``await make_synapse(rc_message={...})``.
-MakeSynapse = Callable[..., Awaitable[DevSynapse]]
