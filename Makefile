@@ -34,13 +34,14 @@ tests/element/node_modules/.installed: tests/element/package-lock.json
 	touch $@
 
 # The container tests build and run the image with podman (Debian's), runc and mmdebstrap;
-# podman-compose comes from PyPI with the test extra.
-CONTAINER_TOOLS := podman runc mmdebstrap uidmap
+# podman-compose comes from PyPI with the test extra. The clock-fault tests run the bot under
+# libfaketime (Debian's faketime).
+CONTAINER_TOOLS := podman runc mmdebstrap uidmap faketime
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 .PHONY: container-tools
 container-tools:
 	@command -v podman >/dev/null && command -v mmdebstrap >/dev/null \
-	  && command -v runc >/dev/null \
+	  && command -v runc >/dev/null && command -v faketime >/dev/null \
 	  || { $(SUDO) apt-get update -qq \
 	       && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(CONTAINER_TOOLS); }
 

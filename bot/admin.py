@@ -43,6 +43,26 @@ async def export(config: Config, fmt: str, table: str) -> str:
     return out.getvalue()
 
 
+async def quarantine(config: Config) -> str:
+    """The quarantined events: what was sent, by whom, and the error it kept failing with."""
+    store = await Store.open(config.database_path)
+    try:
+        events = await store.quarantined()
+    finally:
+        await store.close()
+    if not events:
+        return "no quarantined events\n"
+    lines = [f"{len(events)} quarantined event(s):"]
+    for e in events:
+        lines += [
+            f"- {e.event_id} in {e.room_id} from {e.sender}, {e.failures} failures, "
+            f"last {e.last_failed_at.isoformat(timespec='seconds')}",
+            f"  message: {e.body[:200]!r}",
+            f"  error: {e.error}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 async def status(config: Config, roadmap: Roadmap, user_id: str | None) -> str:
     """The same view as the chat's !status @user (or !team without a user), as plain text."""
     store = await Store.open(config.database_path)

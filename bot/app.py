@@ -112,8 +112,12 @@ class Gauges:
 
 
 async def run_bot(config: Config, roadmap: Roadmap, stop: asyncio.Event) -> None:
-    store = await Store.open(config.database_path)
     metrics = Metrics()
+    store = await Store.open(
+        config.database_path,
+        check=True,
+        on_fault=lambda fault: metrics.storage_errors.labels(fault.kind).inc(),
+    )
     clock = ServerClock()  # set from the homeserver's clock at login, checked every hour
     team = Team(team_state(config, roadmap))
     dispatcher = build_dispatcher(

@@ -13,9 +13,11 @@ from pathlib import Path
 from bot import admin
 from bot.app import run_bot
 from bot.config import Config, ConfigError, load_config
+from bot.faults import AlreadyRunning, StorageFault, lock_data_dir
 from bot.identity import FatalMatrixError
 from bot.logs import setup_logging
 from bot.roadmap import Roadmap, RoadmapError, load_roadmap
+from bot.store import SchemaTooNew
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 log = logging.getLogger("bot")
@@ -72,7 +74,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if isinstance(loaded, int):
         return loaded
     try:
-        sys.stdout.write(asyncio.run(admin.status(*loaded, args.user)))
+        if args.quarantine:
+            sys.stdout.write(asyncio.run(admin.quarantine(loaded[0])))
+        else:
+            sys.stdout.write(asyncio.run(admin.status(*loaded, args.user)))
     except LookupError as exc:
         print(exc, file=sys.stderr)
         return EXIT_FAILURE
@@ -116,11 +121,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         await run_bot(config, roadmap, stop)
 
     try:
+        lock = lock_data_dir(config.storage.data_dir)  # before anything touches the directory
+    except (AlreadyRunning, StorageFault) as exc:
+        return _cannot_start(exc)
+    try:
         asyncio.run(main())
     except FatalMatrixError as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
+    except (StorageFault, SchemaTooNew) as exc:
+        return _cannot_start(exc)
+    finally:
+        os.close(lock)
     return EXIT_OK
+
+
+def _cannot_start(exc: Exception) -> int:
+    """One line ops can act on, with what to do; the traceback of a storage error only for
+    those who asked (logging.level DEBUG)."""
+    if not isinstance(exc, AlreadyRunning):  # not an error of the bot's: nothing to trace
+        log.debug("the data directory or the database could not be opened", exc_info=True)
+    advice = exc.advice if isinstance(exc, StorageFault) else ""
+    log.error("cannot start: %s%s", exc, f"; {advice}" if advice else "")
+    return EXIT_FAILURE
 
 
 def _secrets(config: Config) -> list[str]:
@@ -209,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", "-o", help="file to write (default: standard output)")
     status = command("status", cmd_status, "a newcomer's status (or the team), as in the chat")
     status.add_argument("user", nargs="?", help="@user:server; without it, the whole team")
+    status.add_argument(
+        "--quarantine",
+        action="store_true",
+        help="the events skipped after failing again and again, with their errors",
+    )
     backup = command("backup", cmd_backup, "copy the database safely, even while the bot runs")
     backup.add_argument("--to", type=Path, required=True, help="the backup file to write")
     reset = command(

@@ -27,6 +27,7 @@ from bot.commands.registry import (
     parse,
     unknown_command_reply,
 )
+from bot.faults import StorageFault
 from bot.markup import Reply
 from bot.metrics import Metrics
 from bot.ops import Send
@@ -121,6 +122,14 @@ def reply_content(reply: Reply, in_reply_to: str | None) -> dict[str, Any]:
     return content
 
 
+class Unsaved(Exception):
+    """Storage failed while commands were handled: `waiting` are those not committed."""
+
+    def __init__(self, fault: StorageFault, waiting: list[Incoming]) -> None:
+        super().__init__(str(fault))
+        self.fault, self.waiting = fault, waiting
+
+
 @dataclass(frozen=True)
 class _Prepared:
     """A command run but not yet committed."""
@@ -177,23 +186,35 @@ class Dispatcher:
         """
         results: list[list[OutboxItem] | None] = [None] * len(msgs)
         batch: list[tuple[int, _Prepared]] = []
-        for i, msg in enumerate(msgs):
-            parsed = parse(msg.body, self.prefix)
-            if parsed is None:
-                continue
-            cmd = self.commands.get(parsed.name)
-            alone = cmd is not None and cmd.role > Role.NEWCOMER
-            if batch and (alone or any(p.msg.sender == msg.sender for _, p in batch)):
-                await self._commit(batch, results)
-                batch = []
-            prepared = await self._prepare(msg, cmd, parsed.name, parsed.args)
-            if prepared is not None:
-                batch.append((i, prepared))
-                if alone:
+        at = 0  # the commands from here on are not committed yet
+        try:
+            for at, msg in enumerate(msgs):
+                parsed = parse(msg.body, self.prefix)
+                if parsed is None:
+                    continue
+                cmd = self.commands.get(parsed.name)
+                alone = cmd is not None and cmd.role > Role.NEWCOMER
+                if batch and (alone or any(p.msg.sender == msg.sender for _, p in batch)):
                     await self._commit(batch, results)
                     batch = []
-        if batch:
-            await self._commit(batch, results)
+                prepared = await self._prepare(msg, cmd, parsed.name, parsed.args)
+                if prepared is not None:
+                    batch.append((at, prepared))
+                    if alone:
+                        await self._commit(batch, results)
+                        batch = []
+            if batch:
+                await self._commit(batch, results)
+        except StorageFault as fault:
+            # Nothing of theirs was committed: they run again, from the start, once storage
+            # works; the flood gate must not count them twice.
+            for _, p in batch:
+                self.flood.forget(p.msg.sender, p.sent_ms)
+            waiting = {p.msg.event_id: p.msg for _, p in batch}
+            for msg in msgs[at:]:
+                if self.is_command(msg.body):
+                    waiting.setdefault(msg.event_id, msg)
+            raise Unsaved(fault, list(waiting.values())) from fault
         return results
 
     async def _prepare(
@@ -218,6 +239,8 @@ class Dispatcher:
         else:
             try:
                 outcome, finished = await self._run(msg, cmd, name, args, now)
+            except StorageFault:
+                raise  # not the command's fault: it stays unhandled, and runs once storage works
             except Exception:
                 # A bug, not bad input. Answered and committed like any command, so neither a
                 # restart nor the rest of its sync's group runs into it again.

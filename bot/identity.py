@@ -60,11 +60,30 @@ def bot_client(config: Config) -> AsyncClient:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Writes a file only its owner can read (mode 0600), whatever the umask."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(path, 0o600)
+    """Writes a file only its owner can read (mode 0600), whatever the umask, and durably.
+
+    The session, the recovery key and the cross-signing keys are written once, at the first
+    start: lost to a power cut soon after, the bot would come back as a new device, or not
+    at all (an identity on the server and no keys for it). So the text goes to a file aside,
+    synced, then renamed over the old one, and the rename is synced: a crash leaves the old
+    file or the new one, complete."""
+    aside = path.with_name(f".{path.name}.new")
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(aside, 0o600)
+        os.replace(aside, path)
+    except BaseException:
+        aside.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def write_session(data_dir: Path, session: Session) -> None:

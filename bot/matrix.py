@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from nio import (
@@ -27,15 +28,16 @@ from bot import texts
 from bot.clock import ServerClock, join_time_ms
 from bot.commands.registry import Role
 from bot.config import Config
-from bot.dispatch import Dispatcher, Incoming, reply_content
+from bot.dispatch import Dispatcher, Incoming, Unsaved, reply_content
 from bot.e2e import DeviceTrust, maintain_keys
+from bot.faults import StorageFault, key_store_fault
 from bot.identity import FatalMatrixError, Identity, bot_client
 from bot.logs import READY
 from bot.metrics import Metrics
 from bot.ops import Send
 from bot.outbox import TRANSPORT_ERRORS, Backoff, Outbox, is_private_with
 from bot.recent import Recent
-from bot.store import Store
+from bot.store import OutboxItem, Store
 from bot.team import Team
 from bot.team_room import TeamRoom
 
@@ -52,6 +54,12 @@ SYNC_FILTER: dict[str, Any] = {
     "presence": {"not_types": ["*"]},
 }
 HEALTHY_SYNC_AGE = 90.0  # seconds; a long-poll sync returns at least every 30 s
+STORAGE_RETRY_CAP_S = 30.0  # the longest wait between two tries of a database that failed
+QUARANTINE_AFTER = 5  # failures of one event (not the disk's) before it is skipped for good
+
+
+class Retry(Exception):
+    """This sync's events come again with the next one, after a pause (the reason)."""
 
 
 class MatrixBot:
@@ -104,6 +112,14 @@ class MatrixBot:
         self._told_undecryptable = Recent(ttl_s=3600)  # senders told in the last hour
         self._asked_for_keys = Recent(ttl_s=3600)  # Megolm sessions asked for
         self._told_insecure = Recent(ttl_s=7 * 86400)  # devices told they are not verified
+        self._told_unsaved: set[str] = set()  # rooms told, during this storage fault
+        # Tries of a failing storage wait longer and longer until a sync goes through.
+        self._storage_backoff = Backoff(base=0.5, cap=STORAGE_RETRY_CAP_S)
+        # nio's key store failed in the last sync (the bot's own store keeps its own fault).
+        self.key_store_fault: StorageFault | None = None
+        # While storage fails the bot syncs only to tell senders that their commands wait:
+        # invites and undecryptable messages come again with the sync from the saved token.
+        self._waiting_out = False
 
     async def login(self) -> None:
         """Logs in (reusing the saved device) and makes sure the device is cross-signed."""
@@ -130,6 +146,8 @@ class MatrixBot:
         self.outbox.wake()
 
     def healthy(self) -> tuple[bool, str]:
+        if (fault := self.store.fault or self.key_store_fault) is not None:
+            return False, fault.reason
         if self.client.access_token is None or self.last_sync_ok is None:
             return False, "not logged in and synced yet"
         if self.sync_failing:
@@ -168,43 +186,146 @@ class MatrixBot:
         while not self._stopping.is_set():
             self._inbox.clear()  # left by a failed sync: its events come again
             try:
-                resp = await self.client.sync(
-                    timeout=SYNC_TIMEOUT_MS,
-                    sync_filter=SYNC_FILTER,
-                    since=token,
-                    full_state=full_state,
+                token = await self._one_sync(token, backoff, full_state)
+                full_state = False
+            except (StorageFault, Unsaved) as exc:
+                # Nothing of this sync was committed past what the store has: wait until it
+                # works again, then sync again from the last token it saved.
+                await self._wait_out_storage(exc)
+                token = await self._saved_token(token)
+            except Retry as exc:
+                await self._pause(backoff, str(exc))
+
+    async def _one_sync(self, token: str | None, backoff: Backoff, full_state: bool) -> str:
+        """One sync and its commands; returns the token to sync from next."""
+        try:
+            resp = await self._sync(token, SYNC_TIMEOUT_MS, full_state=full_state)
+        except TRANSPORT_ERRORS as exc:
+            self._sync_failed()
+            raise Retry(f"sync failed: {exc!r}") from exc
+        except Exception as exc:
+            # nio's key store shares the disk: a write of its that fails in the middle of the
+            # sync is a storage fault like the bot's own, waited out, not a reason to exit.
+            fault = self._key_store_failed(exc)
+            if fault is None:
+                raise
+            raise fault from exc
+        if isinstance(resp, SyncError):
+            self._sync_failed()
+            if resp.status_code == "M_UNKNOWN_TOKEN":
+                raise FatalMatrixError(
+                    f"the homeserver no longer accepts the bot's access token ({resp.message})."
+                    f" Delete {self.identity.session_path} and start again to log in anew."
                 )
-            except TRANSPORT_ERRORS as exc:
-                self._sync_failed()
-                await self._pause(backoff, f"sync failed: {exc!r}")
+            raise Retry(f"sync error: {resp.status_code} {resp.message}")
+        assert isinstance(resp, SyncResponse)
+        backoff.reset()
+        if full_state:
+            # Before the commands that waited for the bot: a mentor's needs the room.
+            await self.join_team_room()
+            log.info(READY)
+            self.synced.set()
+        elif self.team_room.changed_in(resp):
+            self._mentors_by_power()
+        await self._handle_inbox()  # committed before the token moves past them
+        self.outbox.wake()
+        await self.store.set_value(SYNC_TOKEN_KEY, resp.next_batch)
+        self.last_sync_ok = time.monotonic()
+        self.sync_failing = False
+        self._storage_backoff.reset()
+        if self.key_store_fault is not None:
+            log.warning("nio's key store works again: %s is cleared", self.key_store_fault.reason)
+            self.key_store_fault = None
+        self.metrics.last_sync.set(time.time())
+        await self._after_sync()
+        return str(resp.next_batch)
+
+    async def _sync(self, since: str | None, timeout_ms: int, *, full_state: bool = False) -> Any:
+        """nio's sync, from where the bot says. nio skips a response whose next_batch is the
+        one it received last (its guard against handling one response twice), but the bot
+        syncs again from an older token on purpose, after its commands could not be saved, and
+        the homeserver (which caches a sync's response) then answers with that very
+        next_batch: the commands that waited would be skipped for good. So nio is told it has
+        received none: the bot keeps the token, and never hands nio one response twice."""
+        self.client.next_batch = ""
+        return await self.client.sync(
+            timeout=timeout_ms, sync_filter=SYNC_FILTER, since=since, full_state=full_state
+        )
+
+    def _key_store_failed(self, error: Exception) -> StorageFault | None:
+        """The storage fault an error out of nio's sync stands for (None: not one), logged once
+        per fault and counted."""
+        store = self.client.store
+        if store is None:
+            return None
+        fault = key_store_fault(error, Path(store.database_path))
+        if fault is None:
+            return None
+        if self.key_store_fault is None or self.key_store_fault.kind != fault.kind:
+            log.error("storage fault: %s", fault)
+        self.key_store_fault = fault
+        self.metrics.storage_errors.labels(fault.kind).inc()
+        return fault
+
+    async def _saved_token(self, fallback: str | None) -> str | None:
+        saved = await self.store.get_value(SYNC_TOKEN_KEY)
+        return saved if saved is not None else fallback
+
+    async def _wait_out_storage(self, exc: StorageFault | Unsaved) -> None:
+        """Takes no commands until a write works again (retried with capped backoff); meanwhile
+        /healthz says why, and whoever sends a command is told once per room, if sending works.
+        To see those commands the bot goes on syncing between tries, saving nothing: they come
+        again, from the saved token, once storage works."""
+        fault = exc.fault if isinstance(exc, Unsaved) else exc
+        if isinstance(exc, Unsaved):
+            await self._tell_unsaved(exc.waiting)
+        # Listening goes on from the failed sync's end; not after nio's store failed in that
+        # sync, though: its to-device messages (room keys) would be acknowledged, unsaved.
+        since = None if fault is self.key_store_fault else self.client.next_batch or None
+        self._waiting_out = True
+        try:
+            while not self._stopping.is_set():
+                since = await self._listen(since, self._storage_backoff.next_delay())
+                try:
+                    await self.store.probe()
+                except StorageFault as still:
+                    fault = still
+                    continue
+                log.warning("storage works again after: %s; answering what waited", fault.reason)
+                self._told_unsaved.clear()
+                return
+        finally:
+            self._waiting_out = False
+            self._inbox.clear()
+
+    async def _listen(self, since: str | None, seconds: float) -> str | None:
+        """Syncs for `seconds` only to tell the senders of new commands that they wait; returns
+        the token to listen from next. Nothing is handled or saved (see `_waiting_out`)."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping.is_set() and (left := deadline - time.monotonic()) > 0:
+            resp: object = None
+            if since is not None:
+                try:
+                    resp = await self._sync(since, int(left * 1000))
+                except Exception as exc:  # the homeserver, or nio's store on the failing disk
+                    log.debug("listening while storage fails: %r", exc)
+            if isinstance(resp, SyncResponse):
+                since = resp.next_batch
+                inbox, self._inbox = self._inbox, []
+                await self._tell_unsaved([msg for msg, _ in inbox])
+            else:  # no sync to listen to: just wait
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=left)
+        return since
+
+    async def _tell_unsaved(self, waiting: list[Incoming]) -> None:
+        for msg in waiting:
+            if msg.room_id in self._told_unsaved:
                 continue
-            if isinstance(resp, SyncError):
-                self._sync_failed()
-                if resp.status_code == "M_UNKNOWN_TOKEN":
-                    raise FatalMatrixError(
-                        f"the homeserver no longer accepts the bot's access token ({resp.message})."
-                        f" Delete {self.identity.session_path} and start again to log in anew."
-                    )
-                await self._pause(backoff, f"sync error: {resp.status_code} {resp.message}")
-                continue
-            assert isinstance(resp, SyncResponse)
-            backoff.reset()
-            if full_state:
-                # Before the commands that waited for the bot: a mentor's needs the room.
-                await self.join_team_room()
-                log.info(READY)
-                self.synced.set()
-            elif self.team_room.changed_in(resp):
-                self._mentors_by_power()
-            full_state = False
-            await self._handle_inbox()  # committed before the token moves past them
-            self.outbox.wake()
-            token = resp.next_batch
-            await self.store.set_value(SYNC_TOKEN_KEY, token)
-            self.last_sync_ok = time.monotonic()
-            self.sync_failing = False
-            self.metrics.last_sync.set(time.time())
-            await self._after_sync()
+            self._told_unsaved.add(msg.room_id)
+            txn = "unsaved-" + hashlib.sha256(msg.event_id.encode()).hexdigest()[:32]
+            content = reply_content(texts.UNSAVED, msg.event_id)
+            await self.outbox.send_now(msg.room_id, content, txn)
 
     def _sync_failed(self) -> None:
         self.sync_failing = True
@@ -224,6 +345,8 @@ class MatrixBot:
                 await maintain_keys(self.client, self.trust)
         except (*TRANSPORT_ERRORS, FatalMatrixError) as exc:
             log.warning("key maintenance failed, will retry after the next sync: %r", exc)
+        except Exception:  # nio's own key store (a full disk, say): not a reason to stop
+            log.exception("key maintenance failed, will retry after the next sync")
         self.outbox.wake()  # rooms and devices this sync brought may unblock messages
 
     async def flush_outbox(self) -> None:
@@ -240,6 +363,8 @@ class MatrixBot:
         return user_id.partition(":")[2] in self.config.allowed_servers
 
     async def _on_invite(self, room: MatrixRoom, event: InviteMemberEvent) -> None:
+        if self._waiting_out:
+            return
         if event.state_key == self.client.user_id and event.membership == "invite":
             self._invites.put_nowait((room.room_id, event.sender))
 
@@ -297,6 +422,7 @@ class MatrixBot:
             messages=[(txn, Send("greeting", reply.content(), room_id=room_id))],
             at=self.clock.now(),
         )
+        self.outbox.wake()  # not left for the next sync, which may be a long poll away
 
     async def _on_message(self, room: MatrixRoom, event: RoomMessageText) -> None:
         arrived = time.monotonic()
@@ -378,7 +504,15 @@ class MatrixBot:
         inbox, self._inbox = self._inbox, []
         if not inbox:
             return
-        results = await self.dispatcher.handle_all([msg for msg, _ in inbox])
+        try:
+            results = await self.dispatcher.handle_all([msg for msg, _ in inbox])
+        except (StorageFault, Unsaved):
+            raise
+        except Exception:
+            # Not the disk: some event breaks the bot. Find it by going one by one, and after
+            # QUARANTINE_AFTER failures skip it for good instead of failing for everyone.
+            log.exception("handling a sync's commands failed; trying them one by one")
+            results = [await self._handle_one(msg) for msg, _ in inbox]
         for (msg, arrived), items in zip(inbox, results, strict=True):
             if items:
                 self.outbox.arrived[items[0].txn_id] = arrived
@@ -387,12 +521,41 @@ class MatrixBot:
                     extra={"room": msg.room_id, "sender": msg.sender},
                 )
 
+    async def _handle_one(self, msg: Incoming) -> list[OutboxItem] | None:
+        try:
+            return (await self.dispatcher.handle_all([msg]))[0]
+        except (StorageFault, Unsaved):
+            raise
+        except Exception as exc:
+            log.exception("event %s failed", msg.event_id, extra={"room": msg.room_id})
+            quarantined = await self.store.record_failure(
+                event_id=msg.event_id,
+                room_id=msg.room_id,
+                sender=msg.sender,
+                body=msg.body,
+                error=f"{type(exc).__name__}: {exc}",
+                at=self.clock.now(),
+                quarantine_after=QUARANTINE_AFTER,
+            )
+            if not quarantined:
+                raise Retry(
+                    f"event {msg.event_id} failed; it comes again with the next sync"
+                ) from exc
+            self.metrics.quarantined.inc()
+            log.error(
+                "event %s failed %d times: quarantined (onboarding-bot status --quarantine)",
+                msg.event_id,
+                QUARANTINE_AFTER,
+                extra={"room": msg.room_id, "sender": msg.sender},
+            )
+            return None
+
     async def _on_undecryptable(self, room: MatrixRoom, event: MegolmEvent) -> None:
         """A message the bot has no key for: ask the sender's devices for the key, and say
         what to do, at most once per sender an hour. It counts against the sender's flood
         gate like a command: fake encrypted events are no way around it."""
         sender = event.sender
-        if sender == self.client.user_id or not self._allowed(sender):
+        if self._waiting_out or sender == self.client.user_id or not self._allowed(sender):
             return
         joined = await self.store.room_joined_at(room.room_id) or self._first_start_ms
         if event.server_timestamp < joined:

@@ -73,5 +73,18 @@ class Metrics:
             registry=r,
         )
 
+        self.storage_errors = Counter(
+            "onboarding_storage_errors",
+            "Database errors from the disk or another process, by kind: full, io, read_only, "
+            "busy, corrupt (commands wait meanwhile)",
+            ["kind"],
+            registry=r,
+        )
+        self.quarantined = Counter(
+            "onboarding_quarantined",
+            "Events skipped for good after failing 5 times for a reason not the disk's",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -35,6 +35,7 @@ from nio import (
 
 from bot.clock import ServerClock, join_time_ms
 from bot.e2e import DeviceTrust
+from bot.faults import StorageFault
 from bot.identity import api
 from bot.metrics import Metrics
 from bot.store import OutboxItem, Store
@@ -147,6 +148,10 @@ class Outbox:
                 delay = await self.flush()
             except TRANSPORT_ERRORS as exc:
                 log.warning("sending paused: %r", exc)
+                delay = 5.0
+            except StorageFault:
+                # Logged by the store; a message sent but not yet deleted goes again with its
+                # transaction id, which the homeserver deduplicates.
                 delay = 5.0
             except Exception:
                 # A bug must not end sending for good: it is logged, and sending goes on.
@@ -335,6 +340,18 @@ class Outbox:
             extra={"room": item.room_id},
         )
         await self.store.outbox_sent(item.id)
+
+    async def send_now(self, room_id: str, content: dict[str, Any], txn_id: str) -> None:
+        """Sends a notice past the store (which may be what is failing); a failure is logged,
+        not retried: the notice is a courtesy, the answer itself comes later."""
+        if room_id not in self.client.rooms:
+            return
+        try:
+            result = await self._deliver(OutboxItem(0, txn_id, room_id, content))
+        except Exception as exc:  # the key store may share the failing disk
+            result = _Result(False, why=repr(exc))
+        if not result.ok:
+            log.warning("could not send a notice: %s", result.why, extra={"room": room_id})
 
     async def _deliver(self, item: OutboxItem) -> _Result:
         """One PUT of the message, encrypted when its room is (and the message may be). The

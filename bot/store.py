@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import (
@@ -29,6 +30,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from bot.faults import CORRUPT, IO, StorageFault, fault_from, noting
 from bot.nudges import Candidate
 from bot.ops import MarkFinishAnnounced, Op, RecordNudge, Send, SetMentor, SetPause, SetTimezone
 from bot.progress import (
@@ -44,6 +46,7 @@ from bot.progress import (
 )
 from bot.progress import apply as apply_change
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 Migration = Callable[[aiosqlite.Connection], Awaitable[None]]
 Params = Sequence[Any] | Mapping[str, Any]
@@ -189,7 +192,40 @@ async def _v3(db: aiosqlite.Connection) -> None:
 
 
 # Applied in order at start; the database's PRAGMA user_version is the count applied so far.
-MIGRATIONS: tuple[Migration, ...] = (_v1, _v2, _v3)
+async def _v4(db: aiosqlite.Connection) -> None:
+    """Events that failed again and again for a reason that is not the disk's (a bug, most
+    likely): kept with the error and skipped, instead of stopping the bot at every restart."""
+    await _script(
+        db,
+        """
+        CREATE TABLE quarantine (
+            event_id        TEXT PRIMARY KEY,
+            room_id         TEXT NOT NULL,
+            sender          TEXT NOT NULL,
+            body            TEXT NOT NULL,
+            error           TEXT NOT NULL,
+            failures        INTEGER NOT NULL,
+            first_failed_at TEXT NOT NULL,
+            last_failed_at  TEXT NOT NULL,
+            quarantined_at  TEXT
+        ) WITHOUT ROWID
+        """,
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1, _v2, _v3, _v4)
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    event_id: str
+    room_id: str
+    sender: str
+    body: str
+    error: str
+    failures: int
+    first_failed_at: datetime
+    last_failed_at: datetime
 
 
 @dataclass(frozen=True)
@@ -242,7 +278,7 @@ class _Unit:
         self._ended = False
         # IMMEDIATE: a write unit holds SQLite's write lock from the start, so no other
         # connection's write can come between its reads and its writes.
-        self._queue(db.execute("BEGIN IMMEDIATE" if write else "BEGIN"))
+        self._queue(_execute(db, "BEGIN IMMEDIATE" if write else "BEGIN"))
 
     def _queue(self, call: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         if self._ended:
@@ -295,9 +331,9 @@ class _Unit:
             return
         if self._may_write:
             await self.flush()
-            await self.db.execute("COMMIT")
+            await _execute(self.db, "COMMIT")
         else:
-            self._queue(self.db.execute("COMMIT"))
+            self._queue(_execute(self.db, "COMMIT"))
             await self.flush()
         self._ended = True
 
@@ -323,11 +359,27 @@ class _Unit:
 
 
 async def _fetch(db: aiosqlite.Connection, sql: str, params: Params) -> list[aiosqlite.Row]:
-    return list(await db.execute_fetchall(sql, params))
+    try:
+        return list(await db.execute_fetchall(sql, params))
+    except sqlite3.Error as exc:
+        noting(exc, sql)
+        raise
+
+
+async def _execute(db: aiosqlite.Connection, sql: str) -> None:
+    try:
+        await db.execute(sql)
+    except sqlite3.Error as exc:
+        noting(exc, sql)
+        raise
 
 
 async def _execute_many(db: aiosqlite.Connection, sql: str, rows: Sequence[Params]) -> None:
-    await db.executemany(sql, rows)
+    try:
+        await db.executemany(sql, rows)
+    except sqlite3.Error as exc:
+        noting(exc, sql)
+        raise
 
 
 # The fewest parameters a statement may have in any SQLite build (newer builds allow 32766).
@@ -349,6 +401,14 @@ async def _write_rows(
     ]
 
 
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer bot."""
+
+
+def _open_fault(error: BaseException, path: Path) -> StorageFault:
+    return fault_from(error, path) or StorageFault(IO, path, f"creating {path}", str(error))
+
+
 class Store:
     """One connection, one writer: the bot process is the only one that writes the database.
 
@@ -357,35 +417,71 @@ class Store:
     `load_progress` answers from memory exactly what the database would say.
     """
 
-    def __init__(self, db: aiosqlite.Connection, path: Path, cache_size: int = 1024) -> None:
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        path: Path,
+        cache_size: int = 1024,
+        on_fault: Callable[[StorageFault], None] | None = None,
+    ) -> None:
         self._db = db
         self._lock = asyncio.Lock()
         self.path = path
+        # The storage fault the last unit of work met, until a unit that writes succeeds.
+        self.fault: StorageFault | None = None
+        self._on_fault = on_fault
         # Written only in `_unit`, after COMMIT and under the lock; read on the event loop.
         self._progress: dict[str, Progress] = {}
         self._cache_size = cache_size
 
     @classmethod
-    async def open(cls, path: Path) -> Store:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # SQLite gives the -wal and -shm files the database file's mode: make it owner-only first.
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-        os.chmod(path, 0o600)
-        db = await aiosqlite.connect(path, isolation_level=None)
-        db.row_factory = aiosqlite.Row
-        await db.execute("PRAGMA journal_mode = WAL")
-        await db.execute("PRAGMA foreign_keys = ON")
-        # WAL + NORMAL: a committed transaction survives a crash of the bot (power loss may
-        # drop the last few, which the homeserver then re-delivers from the saved sync token).
-        await db.execute("PRAGMA synchronous = NORMAL")
-        await db.execute("PRAGMA busy_timeout = 5000")
-        store = cls(db, path)
+    async def open(
+        cls,
+        path: Path,
+        *,
+        check: bool = False,
+        on_fault: Callable[[StorageFault], None] | None = None,
+    ) -> Store:
+        """Opens (creating, migrating) the database. Whatever fails closes what was opened and
+        raises: a StorageFault for the disk, the directory or the file (corrupt: with `check`,
+        `PRAGMA quick_check` looks at every page first), RuntimeError for a newer schema."""
         try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # SQLite gives the -wal and -shm files the database's mode: make it owner-only first.
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            os.chmod(path, 0o600)
+        except OSError as exc:
+            noting(exc, f"creating {path}")
+            raise _open_fault(exc, path) from exc
+        db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            db.row_factory = aiosqlite.Row
+            await _execute(db, "PRAGMA busy_timeout = 5000")
+            await _execute(db, "PRAGMA journal_mode = WAL")
+            await _execute(db, "PRAGMA foreign_keys = ON")
+            # FULL: a change the bot has acknowledged is on disk, whatever happens to the
+            # machine (about 0.5 ms a commit here; see the README's "Storage").
+            await _execute(db, "PRAGMA synchronous = FULL")
+            store = cls(db, path, on_fault=on_fault)
+            if check:
+                await store._quick_check()
             await store._migrate()
-        except BaseException:
-            await db.close()
-            raise
+        except BaseException as exc:
+            await db.close()  # else aiosqlite's thread keeps the process alive
+            if isinstance(exc, StorageFault):
+                raise
+            fault = fault_from(exc, path)
+            if fault is None:
+                raise
+            raise fault from exc
         return store
+
+    async def _quick_check(self) -> None:
+        rows = await self._read("PRAGMA quick_check")
+        problems = [str(row[0]) for row in rows if row[0] != "ok"]
+        if problems:
+            error = sqlite3.DatabaseError("; ".join(problems[:3]))
+            raise StorageFault(CORRUPT, self.path, "PRAGMA quick_check", str(error))
 
     async def close(self) -> None:
         async with self._lock:
@@ -406,18 +502,49 @@ class Store:
             try:
                 yield unit
                 await unit.end()
-            except BaseException:
+            except BaseException as exc:
                 await unit.settle()
                 for user_id in unit.progress:
                     self._progress.pop(user_id, None)
-                if self._db.in_transaction:  # a failed statement or COMMIT may have ended it
-                    await self._db.execute("ROLLBACK")
-                raise
+                await self._roll_back()
+                fault = fault_from(exc, self.path)
+                if fault is None:
+                    raise
+                self._faulted(fault)
+                raise fault from exc
+            if write and self.fault is not None:
+                log.warning("storage works again: %s is cleared", self.fault.reason)
+                self.fault = None
             for user_id, progress in unit.progress.items():
                 if progress is None:
                     self._progress.pop(user_id, None)
                 else:
                     self._remember(progress)
+
+    async def _roll_back(self) -> None:
+        if not self._db.in_transaction:  # a failed statement or COMMIT may have ended it
+            return
+        try:
+            await self._db.execute("ROLLBACK")
+        except sqlite3.Error as exc:  # the disk that failed the unit may fail this too
+            log.warning("ROLLBACK failed too: %s", exc)
+
+    def _faulted(self, fault: StorageFault) -> None:
+        """One ERROR line per fault (not per retry), with the statement and the path."""
+        if self.fault is None or self.fault.kind != fault.kind:
+            log.error("storage fault: %s", fault)
+        self.fault = fault
+        # What the cache holds may be ahead of or behind the disk now: read it again.
+        self._progress.clear()
+        if self._on_fault is not None:
+            self._on_fault(fault)
+
+    async def probe(self) -> None:
+        """A write, to learn whether a storage fault has cleared; raises it if not."""
+        await self._write(
+            "INSERT INTO kv (key, value) VALUES ('probe', '1') "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+        )
 
     async def _read(self, sql: str, params: Params = ()) -> list[aiosqlite.Row]:
         """A unit of work of one query: one round trip."""
@@ -462,7 +589,7 @@ class Store:
         [row] = await self._read("PRAGMA user_version")
         version = row[0]
         if version > len(MIGRATIONS):
-            raise RuntimeError(
+            raise SchemaTooNew(
                 f"{self.path}: database schema version {version} is newer than this bot "
                 f"understands ({len(MIGRATIONS)}); upgrade the bot or restore a backup"
             )
@@ -647,6 +774,65 @@ class Store:
             await unit.write("DELETE FROM handled_events WHERE handled_at < ?", (ts(before),))
             [row] = await unit.fetch("SELECT changes()")
         return int(row[0])
+
+    # --- events that keep failing --------------------------------------------------------
+
+    async def record_failure(
+        self,
+        *,
+        event_id: str,
+        room_id: str,
+        sender: str,
+        body: str,
+        error: str,
+        at: datetime,
+        quarantine_after: int,
+    ) -> bool:
+        """Counts one more failure of an event; at `quarantine_after`, the event is quarantined
+        (marked handled, so it is skipped from now on). Returns whether it is now."""
+        when = ts(at)
+        async with self._unit(write=True) as unit:
+            await unit.write(
+                "INSERT INTO quarantine (event_id, room_id, sender, body, error, failures, "
+                "first_failed_at, last_failed_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?) "
+                "ON CONFLICT (event_id) DO UPDATE SET failures = failures + 1, "
+                "error = excluded.error, last_failed_at = excluded.last_failed_at",
+                (event_id, room_id, sender, body[:500], error[:2000], when, when),
+            )
+            [row] = await unit.fetch(
+                "SELECT failures FROM quarantine WHERE event_id = ?", (event_id,)
+            )
+            if row[0] < quarantine_after:
+                return False
+            await unit.write(
+                "UPDATE quarantine SET quarantined_at = ? WHERE event_id = ?", (when, event_id)
+            )
+            await unit.write(
+                "INSERT INTO handled_events (event_id, room_id, sender, handled_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+                (event_id, room_id, sender, when),
+            )
+        return True
+
+    async def quarantined(self) -> list[Quarantined]:
+        rows = await self._read(
+            "SELECT event_id, room_id, sender, body, error, failures, first_failed_at, "
+            "last_failed_at FROM quarantine WHERE quarantined_at IS NOT NULL "
+            "ORDER BY quarantined_at"
+        )
+        return [
+            Quarantined(
+                r["event_id"],
+                r["room_id"],
+                r["sender"],
+                r["body"],
+                r["error"],
+                r["failures"],
+                datetime.fromisoformat(r["first_failed_at"]),
+                datetime.fromisoformat(r["last_failed_at"]),
+            )
+            for r in rows
+        ]
 
     # --- sync state and rooms ---------------------------------------------------------------
 

@@ -612,6 +612,10 @@ def insecure_session(device: str) -> Reply:
     )
 
 
+# While the database cannot be written (full disk, locked, read-only, corrupt): once per room.
+UNSAVED = text("⏳ I can't save progress right now; I'll answer as soon as I can.")
+
+
 UNDECRYPTABLE = text(
     "🔒 I couldn't decrypt your message: my device never received its key. "
     "I've asked your devices for it. Please send the command again; if it keeps "

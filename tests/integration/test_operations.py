@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,14 +24,9 @@ from bot.identity import read_session
 from bot.logs import READY
 from tests.harness import MakePerson, MakeSynapse, Person, Synapse
 from tests.harness.bot import BotProcess, new_bot
+from tests.harness.listener import free_port, metric
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -89,18 +83,6 @@ async def chat(person: Person, bot: BotProcess) -> str:
 async def ask(person: Person, room: str, command: str) -> str:
     await person.say(room, command)
     return (await person.reply(room, timeout=30)).body
-
-
-def metric(text: str, name: str) -> float:
-    """The value of one sample line, e.g. 'onboarding_commands_total{command="start",...}'."""
-    for line in text.splitlines():
-        if (
-            line.startswith(name + " ")
-            or line.startswith(name + "{")
-            and line.split(" ")[0] == name
-        ):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no sample {name} in:\n{text}")
 
 
 async def test_env_override_and_password_file_are_enough_to_log_in(ops: Ops) -> None:
