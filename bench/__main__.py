@@ -1,7 +1,8 @@
 """All benchmarks, one command: `make bench` or `.venv/bin/python -m bench [--quick]`.
 
-Throughput (in process), then latency and scale, which share one throw-away Synapse on
-loopback. Prints tables and ratios; asserts nothing (machines are shared and noisy).
+In process first: throughput, then the soak (a year of a busy team). Then latency and scale,
+which share one throw-away Synapse on loopback. One table (or two) per figure; ratios and
+targets, no assertions (machines are shared and noisy). CI does not run this.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import latency, scale, throughput
+from bench import latency, scale, soak, throughput
 from bench._common import machine_header, synapse_at
 
-PARTS = ("throughput", "latency", "scale")
+PARTS = ("throughput", "soak", "latency", "scale")
 
 
 async def main() -> None:
@@ -26,12 +27,13 @@ async def main() -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="small N everywhere: 1,000 commands, 20 round trips, 1 restart",
+        help="small N everywhere: 1,000 commands a throughput row, a 20,000-command soak, "
+        "a few rounds of each latency pattern, 1 restart",
     )
     parser.add_argument(
         "--only", choices=PARTS, action="append", help="run only this part (repeatable)"
     )
-    for module in (throughput, latency, scale):
+    for module in (throughput, soak, latency, scale):
         module.add_arguments(parser.add_argument_group(module.__name__))
     args = parser.parse_args()
     parts = args.only or list(PARTS)
@@ -48,6 +50,11 @@ async def main() -> None:
         t0 = time.perf_counter()
         result = await throughput.run(args)
         section("Throughput", throughput.report(result), time.perf_counter() - t0)
+
+    if "soak" in parts:
+        t0 = time.perf_counter()
+        result = await soak.run(args)
+        section("Soak", soak.report(result), time.perf_counter() - t0)
 
     if "latency" in parts or "scale" in parts:
         with tempfile.TemporaryDirectory(prefix="bench-synapse-") as tmp:

@@ -148,12 +148,12 @@ async def measure(
         sweep_ms = await atimed(5, lambda: jobs.plan_nudges(NOW))
         counter = iter(range(10**9))
 
-        async def team() -> None:
+        async def team_command() -> None:
             await dispatcher.handle(
                 Incoming(f"$team{next(counter)}", "!r:example.org", MENTOR, "!team", is_direct=True)
             )
 
-        team_ms = await atimed(3, team)
+        team_ms = await atimed(3, team_command)
         return {"sweep_ms": sweep_ms, "nudged": len(ops), "team_ms": team_ms}
     finally:
         await store.close()
