@@ -22,6 +22,10 @@ from bot.identity import api
 log = logging.getLogger(__name__)
 
 MAX_SKEW = timedelta(minutes=5)
+# The Date header is truncated to the second and a round trip old: an offset within this is
+# what the measurement cannot tell from zero, and applying it would only make every time the
+# bot records jump by up to a second at each measurement (a restart included).
+RESOLUTION = timedelta(seconds=2)
 CHECK_EVERY_S = 3600.0
 
 
@@ -53,7 +57,8 @@ class ServerClock:
 
     def observe(self, offset: timedelta) -> None:
         was = self.skewed
-        self.offset, self.checked_at = offset, time.monotonic()
+        self.checked_at = time.monotonic()
+        self.offset = offset if abs(offset) > RESOLUTION else timedelta(0)
         if self.skewed and not was:
             log.warning(
                 "this machine's clock is %+.0f s off the homeserver's: the bot goes by the "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from bot.clock import MAX_SKEW, ServerClock, offset_from
+from bot.clock import MAX_SKEW, RESOLUTION, ServerClock, offset_from
 from bot.roadmap import Roadmap
 from bot.scheduler import Jobs
 from bot.store import Store
@@ -33,6 +33,16 @@ def test_a_clock_three_days_ahead_is_corrected_and_reported() -> None:
     assert clock.skewed and not clock.due()
     assert clock.now() == datetime(2026, 3, 5, 10, 0, tzinfo=UTC)
     assert clock.now_ms() == int(datetime(2026, 3, 5, 10, 0, tzinfo=UTC).timestamp() * 1000)
+
+
+def test_an_offset_the_header_cannot_resolve_is_not_applied() -> None:
+    # Found in CI: two measurements a restart apart differed by most of a second, and a
+    # newcomer nudged 10.5 s earlier was "idle for 9.6 s" by the restarted bot's clock.
+    clock = ServerClock(lambda: LOCAL)
+    clock.observe(timedelta(milliseconds=-900))
+    assert clock.now() == LOCAL
+    clock.observe(-RESOLUTION - timedelta(milliseconds=1))
+    assert clock.now() == LOCAL - RESOLUTION - timedelta(milliseconds=1)
 
 
 def test_skew_is_judged_at_five_minutes() -> None:
