@@ -134,7 +134,6 @@ async def measure(
             store=store,
             team=team,
             prefix="!",
-            on_queued=_nothing,
             clock=ServerClock(lambda: NOW),
         )
         dispatcher = build_dispatcher(
@@ -157,10 +156,6 @@ async def measure(
         return {"sweep_ms": sweep_ms, "nudged": len(ops), "team_ms": team_ms}
     finally:
         await store.close()
-
-
-async def _nothing() -> None:
-    return None
 
 
 async def startup(

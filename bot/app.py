@@ -148,7 +148,7 @@ async def run_bot(config: Config, roadmap: Roadmap, stop: asyncio.Event) -> None
         if await _first(sync, stop, matrix.synced):
             # Jobs start only once logged in and synced (the team room joined with the first
             # sync): a nudge needs the rooms in memory.
-            scheduler = _scheduler(config, store, team, matrix, metrics, clock)
+            scheduler = _scheduler(config, store, team, metrics, clock)
             await scheduler.start()
             signals.attach(scheduler)
             await _first(sync, stop)
@@ -189,7 +189,6 @@ def _scheduler(
     config: Config,
     store: Store,
     team: Team,
-    matrix: MatrixBot,
     metrics: Metrics,
     clock: ServerClock | None = None,
 ) -> Scheduler:
@@ -197,7 +196,6 @@ def _scheduler(
         store=store,
         team=team,
         prefix=config.bot.command_prefix,
-        on_queued=matrix.queued,
         # Longer than bot.max_event_age, past which a re-delivered event is dropped unread.
         keep_handled=config.bot.max_event_age + KEEP_HANDLED_MARGIN,
         clock=clock,

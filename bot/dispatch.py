@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -123,11 +123,14 @@ def reply_content(reply: Reply, in_reply_to: str | None) -> dict[str, Any]:
 
 
 class Unsaved(Exception):
-    """Storage failed while commands were handled: `waiting` are those not committed."""
+    """Storage failed while commands were handled: `waiting` are those not committed;
+    `answered`, the event ids among them whose replies reached the homeserver all the same
+    (sent ahead of the commit: they stand, as the commands run again from the same state)."""
 
     def __init__(self, fault: StorageFault, waiting: list[Incoming]) -> None:
         super().__init__(str(fault))
         self.fault, self.waiting = fault, waiting
+        self.answered: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -174,9 +177,17 @@ class Dispatcher:
         """Runs one command; None when the text is no command or was handled before."""
         return (await self.handle_all([msg]))[0]
 
-    async def handle_all(self, msgs: Sequence[Incoming]) -> list[list[OutboxItem] | None]:
+    async def handle_all(
+        self,
+        msgs: Sequence[Incoming],
+        *,
+        values: Mapping[str, str] | None = None,
+        ahead: Callable[[Sequence[CommandRecord]], Awaitable[None]] | None = None,
+    ) -> list[list[OutboxItem] | None]:
         """Runs the commands among `msgs` in order; for each, the messages it queued (the
         reply first) or None (no command, handled before, or dropped by flood control).
+        `values` are stored with the last commit (the sync token); `ahead` is shown each group
+        just before its commit, and the commit waits for it (the outbox sends the replies).
 
         Group commit: consecutive commands go to the database in one transaction, as long as
         none depends on another's result. So a sender's second command waits for the first to
@@ -195,16 +206,16 @@ class Dispatcher:
                 cmd = self.commands.get(parsed.name)
                 alone = cmd is not None and cmd.role > Role.NEWCOMER
                 if batch and (alone or any(p.msg.sender == msg.sender for _, p in batch)):
-                    await self._commit(batch, results)
+                    await self._commit(batch, results, ahead)
                     batch = []
                 prepared = await self._prepare(msg, cmd, parsed.name, parsed.args)
                 if prepared is not None:
                     batch.append((at, prepared))
                     if alone:
-                        await self._commit(batch, results)
+                        await self._commit(batch, results, ahead)
                         batch = []
-            if batch:
-                await self._commit(batch, results)
+            at = len(msgs)
+            await self._commit(batch, results, ahead, values)
         except StorageFault as fault:
             # Nothing of theirs was committed: they run again, from the start, once storage
             # works; the flood gate must not count them twice.
@@ -290,10 +301,17 @@ class Dispatcher:
         return _Prepared(msg, sent_ms, label, outcome, record)
 
     async def _commit(
-        self, batch: list[tuple[int, _Prepared]], results: list[list[OutboxItem] | None]
+        self,
+        batch: list[tuple[int, _Prepared]],
+        results: list[list[OutboxItem] | None],
+        ahead: Callable[[Sequence[CommandRecord]], Awaitable[None]] | None,
+        values: Mapping[str, str] | None = None,
     ) -> None:
-        committed = await self.store.commit_commands([p.record for _, p in batch])
-        if self.metrics is not None:
+        records = [p.record for _, p in batch]
+        if records and ahead is not None:
+            await ahead(records)
+        committed = await self.store.commit_commands(records, values)
+        if records and self.metrics is not None:
             self.metrics.commands_per_commit.observe(len(batch))
         for (i, p), items in zip(batch, committed, strict=True):
             if items is None:  # handled before: a replay, which must not count as a command

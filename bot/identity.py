@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from nio import AsyncClient, AsyncClientConfig, LoginResponse, WhoamiResponse
+from nio.store import DefaultStore
 
 from bot import cross_signing as xs
 from bot import secret_storage as ss
@@ -43,6 +44,17 @@ class Session:
     access_token: str
 
 
+class CryptoStore(DefaultStore):
+    """nio's key store, without a transaction on every sync: nio saves each sync's newly
+    encrypted rooms even when there are none, and that empty transaction (its account row read
+    through peewee, about a millisecond, on the event loop) sat between a command's arrival
+    and its reply."""
+
+    def save_encrypted_rooms(self, rooms: set[str]) -> None:
+        if rooms:
+            super().save_encrypted_rooms(rooms)
+
+
 def bot_client(config: Config) -> AsyncClient:
     """The bot's nio client: its crypto store in data_dir, the sync token kept by the bot."""
     return AsyncClient(
@@ -50,6 +62,7 @@ def bot_client(config: Config) -> AsyncClient:
         config.matrix.user_id,
         store_path=str(config.storage.data_dir / "crypto"),
         config=AsyncClientConfig(
+            store=CryptoStore,
             encryption_enabled=config.matrix.encryption,
             store_sync_tokens=False,  # the bot's own database keeps the token
             max_limit_exceeded=None,  # wait out every 429 as the server asks

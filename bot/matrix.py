@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from bot import texts
 from bot.clock import ServerClock, join_time_ms
 from bot.commands.registry import Role
 from bot.config import Config
-from bot.dispatch import Dispatcher, Incoming, Unsaved, reply_content
+from bot.dispatch import Dispatcher, Incoming, Unsaved, reply_content, reply_txn_id
 from bot.e2e import DeviceTrust, maintain_keys
 from bot.faults import StorageFault, key_store_fault
 from bot.identity import FatalMatrixError, Identity, bot_client
@@ -183,20 +184,29 @@ class MatrixBot:
     async def _sync_loop(self, token: str | None) -> None:
         backoff = Backoff()
         full_state = True  # the first sync of every start rebuilds room state in memory
+        # Replies may go out while their commands are committed once the syncs bring only new
+        # events: not in the first sync of a start, nor in one after a sync that failed, which
+        # may bring again what a crash or a fault left uncommitted (re-sent under the same
+        # transaction id, the homeserver would keep the first all the same).
+        settled = False
         while not self._stopping.is_set():
             self._inbox.clear()  # left by a failed sync: its events come again
             try:
-                token = await self._one_sync(token, backoff, full_state)
-                full_state = False
+                token = await self._one_sync(token, backoff, full_state, send_ahead=settled)
+                full_state, settled = False, True
             except (StorageFault, Unsaved) as exc:
+                settled = False
                 # Nothing of this sync was committed past what the store has: wait until it
                 # works again, then sync again from the last token it saved.
                 await self._wait_out_storage(exc)
                 token = await self._saved_token(token)
             except Retry as exc:
+                settled = False
                 await self._pause(backoff, str(exc))
 
-    async def _one_sync(self, token: str | None, backoff: Backoff, full_state: bool) -> str:
+    async def _one_sync(
+        self, token: str | None, backoff: Backoff, full_state: bool, *, send_ahead: bool
+    ) -> str:
         """One sync and its commands; returns the token to sync from next."""
         try:
             resp = await self._sync(token, SYNC_TIMEOUT_MS, full_state=full_state)
@@ -227,9 +237,8 @@ class MatrixBot:
             self.synced.set()
         elif self.team_room.changed_in(resp):
             self._mentors_by_power()
-        await self._handle_inbox()  # committed before the token moves past them
-        self.outbox.wake()
-        await self.store.set_value(SYNC_TOKEN_KEY, resp.next_batch)
+        # Committed with the token that moves past them.
+        await self._handle_inbox(str(resp.next_batch), send_ahead=send_ahead)
         self.last_sync_ok = time.monotonic()
         self.sync_failing = False
         self._storage_backoff.reset()
@@ -278,7 +287,7 @@ class MatrixBot:
         again, from the saved token, once storage works."""
         fault = exc.fault if isinstance(exc, Unsaved) else exc
         if isinstance(exc, Unsaved):
-            await self._tell_unsaved(exc.waiting)
+            await self._tell_unsaved(exc.waiting, exc.answered)
         # Listening goes on from the failed sync's end; not after nio's store failed in that
         # sync, though: its to-device messages (room keys) would be acknowledged, unsaved.
         since = None if fault is self.key_store_fault else self.client.next_batch or None
@@ -318,13 +327,14 @@ class MatrixBot:
                     await asyncio.wait_for(self._stopping.wait(), timeout=left)
         return since
 
-    async def _tell_unsaved(self, waiting: list[Incoming]) -> None:
+    async def _tell_unsaved(self, waiting: list[Incoming], answered: Collection[str] = ()) -> None:
         for msg in waiting:
             if msg.room_id in self._told_unsaved:
                 continue
             self._told_unsaved.add(msg.room_id)
             txn = "unsaved-" + hashlib.sha256(msg.event_id.encode()).hexdigest()[:32]
-            content = reply_content(texts.UNSAVED, msg.event_id)
+            note = texts.UNSAVED_ANSWERED if msg.event_id in answered else texts.UNSAVED
+            content = reply_content(note, msg.event_id)
             await self.outbox.send_now(msg.room_id, content, txn)
 
     def _sync_failed(self) -> None:
@@ -352,10 +362,6 @@ class MatrixBot:
     async def flush_outbox(self) -> None:
         """Sends what can be sent now (at stop: what is not held back by a rate limit)."""
         await self.outbox.flush()
-
-    async def queued(self) -> None:
-        """A job queued messages: the outbox task sends them."""
-        self.outbox.wake()
 
     # --- events ---------------------------------------------------------------------------
 
@@ -422,7 +428,6 @@ class MatrixBot:
             messages=[(txn, Send("greeting", reply.content(), room_id=room_id))],
             at=self.clock.now(),
         )
-        self.outbox.wake()  # not left for the next sync, which may be a long poll away
 
     async def _on_message(self, room: MatrixRoom, event: RoomMessageText) -> None:
         arrived = time.monotonic()
@@ -499,23 +504,36 @@ class MatrixBot:
         )
         return False
 
-    async def _handle_inbox(self) -> None:
-        """The commands of one sync, handled together (the dispatcher commits them in groups)."""
+    async def _handle_inbox(self, token: str, *, send_ahead: bool) -> None:
+        """The commands of one sync, handled together (the dispatcher commits them in groups,
+        the last group with the sync token)."""
         inbox, self._inbox = self._inbox, []
-        if not inbox:
-            return
+        for msg, arrived in inbox:
+            self.outbox.arrived[reply_txn_id(msg.event_id)] = arrived
         try:
-            results = await self.dispatcher.handle_all([msg for msg, _ in inbox])
-        except (StorageFault, Unsaved):
+            results = await self.dispatcher.handle_all(
+                [msg for msg, _ in inbox],
+                values={SYNC_TOKEN_KEY: token},
+                ahead=self.outbox.send_ahead if send_ahead else None,
+            )
+        except Unsaved as unsaved:
+            replies = {reply_txn_id(msg.event_id): msg.event_id for msg in unsaved.waiting}
+            unsaved.answered = await self.outbox.delivered_ahead(replies)
+            raise
+        except StorageFault:
             raise
         except Exception:
             # Not the disk: some event breaks the bot. Find it by going one by one, and after
             # QUARANTINE_AFTER failures skip it for good instead of failing for everyone.
             log.exception("handling a sync's commands failed; trying them one by one")
             results = [await self._handle_one(msg) for msg, _ in inbox]
-        for (msg, arrived), items in zip(inbox, results, strict=True):
-            if items:
-                self.outbox.arrived[items[0].txn_id] = arrived
+            await self.store.set_value(SYNC_TOKEN_KEY, token)
+        finally:
+            self.outbox.ahead_done()
+        for (msg, _), items in zip(inbox, results, strict=True):
+            if not items:
+                self.outbox.arrived.pop(reply_txn_id(msg.event_id), None)
+            else:
                 log.info(
                     "command handled, reply queued",
                     extra={"room": msg.room_id, "sender": msg.sender},

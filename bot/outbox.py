@@ -8,6 +8,12 @@ A private message (one addressed to a person) goes only to a room verified, at s
 hold just the bot and that person, with history later joiners cannot read; else the bot opens
 such a direct chat itself. A message leaves the outbox only once the homeserver has it; its
 transaction id comes from the event or job that queued it, so a repeat is stored once.
+
+The queue is kept in memory: read from the store once, then handed each message the store
+commits (`Store.on_queued`); delivered messages are taken out of the table in one statement per
+flush. A reply even goes out before its command is committed (`send_ahead`): should the commit
+never happen (a crash, a storage fault), the command runs again from the same state later, and
+the homeserver answers its reply's repeated transaction id with the first event.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
@@ -38,7 +44,7 @@ from bot.e2e import DeviceTrust
 from bot.faults import StorageFault
 from bot.identity import api
 from bot.metrics import Metrics
-from bot.store import OutboxItem, Store
+from bot.store import CommandRecord, OutboxItem, Store
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,8 @@ MEGOLM = "m.megolm.v1.aes-sha2"
 # History a later member can read: never for a private message.
 READABLE_LATER = frozenset({"shared", "world_readable"})
 RETRY_CAP_S = 60.0
+SENT_BATCH = 64  # delivered messages taken out of the table together, at most
+AHEAD_WAIT_S = 2.0  # the longest a commit waits for the replies sent ahead of it
 
 
 def encrypted_room_state() -> list[dict[str, Any]]:
@@ -101,6 +109,15 @@ class _Result:
     retry_after_s: float | None = None
 
 
+_Sent = tuple[_Result, float]  # a try at sending, and when it ended (time.monotonic())
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Marks a task's exception as seen: whoever awaits the task still gets it."""
+    if not task.cancelled():
+        task.exception()
+
+
 class Outbox:
     """Sends the store's queued messages from its own task; what fails stays queued."""
 
@@ -133,12 +150,78 @@ class Outbox:
         self._paused_until = 0.0
         self._opening: dict[str, str] = {}  # user -> the direct chat being opened for them
         self._warned_rate_limited = False
+        # What the store holds to send, by id in the order queued (None: to be read).
+        self._queue: dict[int, OutboxItem] | None = None
+        self._arrivals: list[OutboxItem] = []  # committed since the last look at the queue
+        self._sent: list[int] = []  # delivered, still in the table
+        # Replies sent while their commands are being committed, by transaction id: started,
+        # and claimed once their command's commit handed them over.
+        self._ahead: dict[str, asyncio.Task[_Sent]] = {}
+        self._claimed: dict[str, asyncio.Task[_Sent]] = {}
+        store.on_queued = self.take
 
     # --- the task -------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Something was queued (or a sync brought rooms): send it now."""
+        """Something changed that may let a message go (a sync brought rooms): try now."""
         self._wake.set()
+
+    def take(self, items: list[OutboxItem]) -> None:
+        """The store committed these messages: send them now."""
+        self._arrivals.extend(items)
+        for item in items:
+            if (sending := self._ahead.pop(item.txn_id, None)) is not None:
+                self._claimed[item.txn_id] = sending
+        self._wake.set()
+
+    async def send_ahead(self, records: Sequence[CommandRecord]) -> None:
+        """Sends the replies of commands about to be committed, to rooms with nothing else to
+        send first, and waits until the homeserver has them (at most AHEAD_WAIT_S): the reply
+        does not wait for the disk, and the commit that follows does not slow its PUT down
+        (run alongside, on the homeserver's machine, it did: 2.5 ms of 26). The reply leaves
+        the queue once its commit has handed it over."""
+        if self._queue is None or self.store.fault is not None:
+            return
+        if self._paused_until > time.monotonic():
+            return
+        started: list[asyncio.Task[_Sent]] = []
+        busy = {i.room_id for i in (*self._queue.values(), *self._arrivals)}
+        busy.update(t.get_name() for t in (*self._ahead.values(), *self._claimed.values()))
+        me = str(self.client.user_id)
+        for record in records:
+            txn_id, send = record.messages[0]
+            room_id = send.room_id
+            if room_id is None or room_id in busy or room_id not in self.client.rooms:
+                continue
+            if send.to_user and not is_private_with(self.client.rooms[room_id], me, send.to_user):
+                continue
+            item = OutboxItem(0, txn_id, room_id, send.content, 0, send.to_user, send.encrypted)
+            sending = asyncio.create_task(self._deliver_timed(item), name=room_id)
+            sending.add_done_callback(_retrieve)  # its failure is read when claimed, or dropped
+            self._ahead[txn_id] = sending
+            started.append(sending)
+            busy.add(room_id)
+        if started:
+            await asyncio.wait(started, timeout=AHEAD_WAIT_S)
+
+    async def delivered_ahead(self, replies: dict[str, str]) -> set[str]:
+        """Of `replies` (transaction id -> what it answers) sent ahead of a commit that then
+        failed, what they answer if the homeserver has them."""
+        answered = set()
+        for txn_id, event_id in replies.items():
+            sending = self._ahead.get(txn_id)
+            if sending is None:
+                continue
+            with contextlib.suppress(Exception):
+                result, _ = await sending
+                if result.ok:
+                    answered.add(event_id)
+        return answered
+
+    def ahead_done(self) -> None:
+        """The commits are over: a reply sent ahead that no commit claimed (its command was a
+        replay, or its commit failed) is left to the homeserver's deduplication."""
+        self._ahead.clear()
 
     async def run(self) -> None:
         """Sends whenever woken, and when a rate limit or a retry delay runs out."""
@@ -164,20 +247,45 @@ class Outbox:
         """Sends what can be sent now, a message per room per turn. Returns the seconds until
         a delayed room may send again, or None when nothing is waiting for time to pass."""
         async with self._lock:
-            while True:
-                heads = await self._heads(await self.store.outbox())
-                if not heads:
-                    return None
-                now = time.monotonic()
-                if self._paused_until > now:
-                    return self._paused_until - now
-                ready = [r for r in self._turns(heads) if self._not_before.get(r, 0.0) <= now]
-                if not ready:
-                    return max(0.05, min(self._not_before[r] for r in heads) - now)
-                for room_id in ready:
-                    await self._send_one(heads[room_id])
-                    if self._paused_until > time.monotonic():
-                        break  # rate-limited: this room keeps its turn for when it ends
+            try:
+                return await self._send_waiting()
+            finally:
+                await self._take_out_sent()
+
+    async def _send_waiting(self) -> float | None:
+        while True:
+            heads = await self._heads(await self._waiting())
+            if not heads:
+                return None
+            now = time.monotonic()
+            if self._paused_until > now:
+                return self._paused_until - now
+            ready = [r for r in self._turns(heads) if self._not_before.get(r, 0.0) <= now]
+            if not ready:
+                return max(0.05, min(self._not_before[r] for r in heads) - now)
+            for room_id in ready:
+                await self._send_one(heads[room_id])
+                if self._paused_until > time.monotonic():
+                    break  # rate-limited: this room keeps its turn for when it ends
+            if len(self._sent) >= SENT_BATCH:
+                await self._take_out_sent()
+
+    async def _waiting(self) -> list[OutboxItem]:
+        """The queue, in the order queued."""
+        if self._queue is None:
+            sent = set(self._sent)
+            self._queue = {i.id: i for i in await self.store.outbox() if i.id not in sent}
+        for item in self._arrivals:
+            self._queue.setdefault(item.id, item)
+        self._arrivals.clear()
+        return list(self._queue.values())
+
+    async def _take_out_sent(self) -> None:
+        """Deletes what was delivered; on a storage fault they stay listed for the next try (a
+        restart in between sends them again, under their transaction ids)."""
+        if self._sent:
+            await self.store.outbox_sent(self._sent)
+            self._sent = []
 
     def _turns(self, heads: dict[str, OutboxItem]) -> list[str]:
         """Rooms in round-robin order, those with a reply waiting before the others."""
@@ -213,7 +321,7 @@ class Outbox:
             return item.room_id  # the common case: no database read on the way to the send
         known = await self.store.direct_room(item.to_user)
         if known and is_private_with(self.client.rooms.get(known), me, item.to_user):
-            await self.store.outbox_set_room(item.to_user, known)
+            await self._set_room(item.to_user, known)
             return known
         opening = self._opening.get(item.to_user)
         if opening is not None and opening not in self.client.rooms:
@@ -221,7 +329,7 @@ class Outbox:
         if item.attempts + 1 >= MAX_SEND_ATTEMPTS:
             await self._failed(item, "no private room with that person could be made")
             return None
-        await self.store.outbox_failed(item.id)  # each new room costs the message a try
+        await self._count_try(item)  # each new room costs the message a try
         await self._open_direct_chat(item.to_user)
         return None
 
@@ -245,9 +353,16 @@ class Outbox:
         self._opening[user_id] = room_id
         joined_ms = await join_time_ms(self.client, room_id) or self.clock.now_ms()
         await self.store.set_room_joined(room_id, joined_ms)
-        await self.store.outbox_set_room(user_id, room_id)
+        await self._set_room(user_id, room_id)
         log.info("opened a direct chat", extra={"room": room_id, "sender": user_id})
         await self._record_direct(user_id, room_id)
+
+    async def _set_room(self, user_id: str, room_id: str) -> None:
+        """Every message for `user_id` goes to `room_id` from now on."""
+        await self.store.outbox_set_room(user_id, room_id)
+        for item in (self._queue or {}).values():
+            if item.to_user == user_id:
+                self._queue[item.id] = replace(item, room_id=room_id)  # type: ignore[index]
 
     async def _record_direct(self, user_id: str, room_id: str) -> None:
         """Adds the room to the bot's m.direct account data, as clients do for a DM."""
@@ -268,28 +383,29 @@ class Outbox:
 
     async def _send_one(self, item: OutboxItem) -> None:
         assert item.room_id is not None
-        if item.room_id not in self.client.rooms:
+        sending = self._claimed.pop(item.txn_id, None)
+        if sending is None and item.room_id not in self.client.rooms:
             # Just joined, the next sync brings it; a room the bot has left never comes.
             await self._retry_later(item, _Result(False, why="the bot is not in that room (yet)"))
             return
         try:
-            result = await self._deliver(item)
+            result, delivered_at = await (sending or self._deliver_timed(item))
         except TRANSPORT_ERRORS as exc:
-            result = _Result(False, why=repr(exc))
+            result, delivered_at = _Result(False, why=repr(exc)), time.monotonic()
         except OlmUnverifiedDeviceError as exc:
             # A device nobody judged yet (it appeared between syncs): judge it, try again.
             await self.trust.query({exc.device.user_id})
             self._not_before[item.room_id] = time.monotonic() + 1.0
             return
         if result.ok:
-            await self.store.outbox_sent(item.id)
+            self._taken_out(item)
             self._rotation.pop(item.room_id, None)  # to the back of the line
             self._not_before.pop(item.room_id, None)
             if item.attempts:
                 self.metrics.send_retries.inc()
             arrived = self.arrived.pop(item.txn_id, None)
             if arrived is not None:
-                self.metrics.reply_latency.observe(time.monotonic() - arrived)
+                self.metrics.reply_latency.observe(delivered_at - arrived)
             return
         if result.errcode == RATE_LIMITED:
             self._rate_limited(result.retry_after_s or 5.0)
@@ -328,7 +444,7 @@ class Outbox:
     async def _failed(self, item: OutboxItem, why: str, attempts: int | None = None) -> None:
         """One more failed attempt; after MAX_SEND_ATTEMPTS the message is given up, loudly."""
         if (attempts or item.attempts + 1) < MAX_SEND_ATTEMPTS:
-            await self.store.outbox_failed(item.id)
+            await self._count_try(item)
             return
         self.metrics.send_dropped.inc()
         self.arrived.pop(item.txn_id, None)
@@ -339,7 +455,18 @@ class Outbox:
             why,
             extra={"room": item.room_id},
         )
-        await self.store.outbox_sent(item.id)
+        self._taken_out(item)
+
+    def _taken_out(self, item: OutboxItem) -> None:
+        """Delivered or given up: out of the queue now, out of the table with the next batch."""
+        if self._queue is not None:
+            self._queue.pop(item.id, None)
+        self._sent.append(item.id)
+
+    async def _count_try(self, item: OutboxItem) -> None:
+        await self.store.outbox_failed(item.id)
+        if self._queue is not None and item.id in self._queue:
+            self._queue[item.id] = replace(self._queue[item.id], attempts=item.attempts + 1)
 
     async def send_now(self, room_id: str, content: dict[str, Any], txn_id: str) -> None:
         """Sends a notice past the store (which may be what is failing); a failure is logged,
@@ -352,6 +479,10 @@ class Outbox:
             result = _Result(False, why=repr(exc))
         if not result.ok:
             log.warning("could not send a notice: %s", result.why, extra={"room": room_id})
+
+    async def _deliver_timed(self, item: OutboxItem) -> _Sent:
+        result = await self._deliver(item)
+        return result, time.monotonic()
 
     async def _deliver(self, item: OutboxItem) -> _Result:
         """One PUT of the message, encrypted when its room is (and the message may be). The

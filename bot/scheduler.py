@@ -52,7 +52,6 @@ class Jobs:
         store: Store,
         team: Team,
         prefix: str,
-        on_queued: Callable[[], Awaitable[None]],
         keep_handled: timedelta = timedelta(days=2),
         clock: ServerClock | None = None,
         metrics: Metrics | None = None,
@@ -62,7 +61,6 @@ class Jobs:
         self.team = team
         self.prefix = prefix
         self.keep_handled = keep_handled
-        self.on_queued = on_queued
         self.clock = clock or ServerClock()
 
     async def plan_nudges(self, now: datetime) -> tuple[list[RecordNudge], list[tuple[str, Send]]]:
@@ -106,7 +104,6 @@ class Jobs:
             if self.metrics is not None:
                 for op in ops:
                     self.metrics.nudges.labels(op.kind).inc()
-            await self.on_queued()
         log.info("nudge sweep: %d nudged", sum(1 for o in ops if o.kind == "nudge"))
         return len(messages)
 
@@ -128,7 +125,6 @@ class Jobs:
                 for m in sorted(team.mentors)
             ]
         await self.store.commit_job(ops=(), messages=messages, at=now)
-        await self.on_queued()
         return len(messages)
 
     async def prune(self) -> int:

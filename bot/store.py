@@ -16,6 +16,7 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Collection,
     Coroutine,
     Iterable,
     Iterator,
@@ -272,6 +273,8 @@ class _Unit:
         self.db = db  # the migrations await their statements on it one by one
         # Newcomers' progress as this unit leaves it (None: not known): cached once committed.
         self.progress: dict[str, Progress | None] = {}
+        # Messages this unit queued for the outbox: handed to `Store.on_queued` once committed.
+        self.outbox: list[OutboxItem] = []
         self._queued: list[asyncio.Task[Any]] = []
         self._may_write = write
         self._writing = False
@@ -430,6 +433,10 @@ class Store:
         # The storage fault the last unit of work met, until a unit that writes succeeds.
         self.fault: StorageFault | None = None
         self._on_fault = on_fault
+        # Told of every message queued, right after its COMMIT: the outbox keeps its queue in
+        # memory from there instead of reading the table again for each message.
+        self.on_queued: Callable[[list[OutboxItem]], None] | None = None
+        self._joined: dict[str, int] = {}  # room -> when the bot joined it (room_joined_at)
         # Written only in `_unit`, after COMMIT and under the lock; read on the event loop.
         self._progress: dict[str, Progress] = {}
         self._cache_size = cache_size
@@ -520,6 +527,8 @@ class Store:
                     self._progress.pop(user_id, None)
                 else:
                     self._remember(progress)
+            if unit.outbox and self.on_queued is not None:
+                self.on_queued(unit.outbox)
 
     async def _roll_back(self) -> None:
         if not self._db.in_transaction:  # a failed statement or COMMIT may have ended it
@@ -671,14 +680,17 @@ class Store:
         return (await self.commit_commands([record]))[0]
 
     async def commit_commands(
-        self, records: Sequence[CommandRecord]
+        self, records: Sequence[CommandRecord], values: Mapping[str, str] | None = None
     ) -> list[list[OutboxItem] | None]:
         """Group commit: several commands in one transaction, one disk write.
 
         Each record is what `commit_command` does with one command, in order; a record whose
-        event was handled already changes nothing and gets None.
+        event was handled already changes nothing and gets None. `values` are set (as by
+        `set_value`) in the same transaction: the sync token that moves past these commands.
         """
         if not records:
+            if values:
+                await self.set_values(values)
             return []
         async with self._unit(write=True) as unit:
             # Read with BEGIN, in one round trip: the unit holds the write lock from BEGIN on,
@@ -703,6 +715,8 @@ class Store:
             )
             runs = [(run, await _write_run(unit, run)) for run in _runs(fresh)]
             queued = await _write_messages(unit, [(m, ts(r.at)) for r in fresh for m in r.messages])
+            if values:
+                await _write_values(unit, values)
             await unit.flush()
 
             latest: dict[str, Progress | None] = {}  # after this unit; None: not known
@@ -715,6 +729,7 @@ class Store:
                     latest.update(dict.fromkeys(_users_of(r.ops)))
             unit.progress.update(latest)
             items = queued.items()
+            unit.outbox.extend(items.values())
         return [
             [items.pop(txn_id) for txn_id, _ in r.messages if txn_id in items] if n else None
             for r, n in zip(records, is_new, strict=True)
@@ -730,7 +745,9 @@ class Store:
             unit.progress.update(dict.fromkeys(_users_of(ops)))
             await _write_ops(unit, [(op, when) for op in ops])
             queued = await _write_messages(unit, [(m, when) for m in messages])
-        return list(queued.items().values())
+            await unit.flush()
+            unit.outbox.extend(queued.items().values())
+        return unit.outbox
 
     async def outbox(self) -> list[OutboxItem]:
         rows = await self._read(
@@ -762,8 +779,13 @@ class Store:
             )
             await unit.write("UPDATE outbox SET room_id = ? WHERE to_user = ?", (room_id, user_id))
 
-    async def outbox_sent(self, item_id: int) -> None:
-        await self._write("DELETE FROM outbox WHERE id = ?", (item_id,))
+    async def outbox_sent(self, item_ids: Collection[int]) -> None:
+        """Takes delivered messages out, in one statement (the outbox gathers them)."""
+        if item_ids:
+            await self._write(
+                "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(item_ids)),),
+            )
 
     async def outbox_failed(self, item_id: int) -> None:
         await self._write("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", (item_id,))
@@ -841,19 +863,25 @@ class Store:
         return rows[0]["value"] if rows else None
 
     async def set_value(self, key: str, value: str) -> None:
-        await self._write(
-            "INSERT INTO kv (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
+        await self.set_values({key: value})
+
+    async def set_values(self, values: Mapping[str, str]) -> None:
+        async with self._unit(write=True) as unit:
+            await _write_values(unit, values)
 
     async def direct_room(self, user_id: str) -> str | None:
         rows = await self._read("SELECT room_id FROM direct_rooms WHERE user_id = ?", (user_id,))
         return rows[0]["room_id"] if rows else None
 
     async def room_joined_at(self, room_id: str) -> int | None:
-        rows = await self._read("SELECT joined_at_ms FROM rooms WHERE room_id = ?", (room_id,))
-        return rows[0]["joined_at_ms"] if rows else None
+        """When the bot joined `room_id` (ms, the homeserver's clock); asked for every command,
+        so kept in memory once read (a room a person and the bot share: a few per person)."""
+        joined = self._joined.get(room_id)
+        if joined is None:
+            rows = await self._read("SELECT joined_at_ms FROM rooms WHERE room_id = ?", (room_id,))
+            if rows:
+                joined = self._joined[room_id] = rows[0]["joined_at_ms"]
+        return joined
 
     async def set_room_joined(
         self, room_id: str, joined_at_ms: int, inviter: str | None = None
@@ -863,6 +891,7 @@ class Store:
             "ON CONFLICT (room_id) DO UPDATE SET joined_at_ms = excluded.joined_at_ms",
             (room_id, joined_at_ms, inviter),
         )
+        self._joined[room_id] = joined_at_ms
 
     async def rooms_invited_by(self, inviter: str) -> int:
         """How many rooms the bot joined on an invite from `inviter`."""
@@ -1263,6 +1292,14 @@ class _QueuedMessages:
                     send.background,
                 )
         return items
+
+
+async def _write_values(unit: _Unit, values: Mapping[str, str]) -> None:
+    await unit.write_many(
+        "INSERT INTO kv (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        list(values.items()),
+    )
 
 
 async def _write_messages(

@@ -614,6 +614,10 @@ def insecure_session(device: str) -> Reply:
 
 # While the database cannot be written (full disk, locked, read-only, corrupt): once per room.
 UNSAVED = text("⏳ I can't save progress right now; I'll answer as soon as I can.")
+UNSAVED_ANSWERED = text(
+    "⏳ I can't save progress right now: the answer above stands, and I'll record it as soon "
+    "as I can. Anything else you send waits until then."
+)
 
 
 UNDECRYPTABLE = text(

@@ -56,16 +56,12 @@ def test_skew_is_judged_at_five_minutes() -> None:
 
 
 async def test_nudges_are_held_while_the_clock_is_skewed(store: Store, roadmap: Roadmap) -> None:
-    async def queued() -> None:
-        raise AssertionError("nothing may be queued")
-
     clock = ServerClock(lambda: LOCAL)
     clock.observe(timedelta(hours=-1))
     jobs = Jobs(
         store=store,
         team=Team(TeamState(roadmap, POLICY)),
         prefix="!",
-        on_queued=queued,
         clock=clock,
     )
     calls: list[datetime] = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from bot.commands.registry import CommandSet, Ctx, Outcome
 from bot.dispatch import FloodGate, Incoming, reply_txn_id
 from bot.progress import State
 from bot.roadmap import Roadmap
-from bot.store import Store
+from bot.store import CommandRecord, Store
+from tests.unit.conftest import MENTOR, NEWCOMER, ROOM, make_dispatcher
 
 Chat = Any  # the conversation helper from conftest.py
 
@@ -242,8 +244,53 @@ async def test_outbox_holds_the_reply_until_sent(chat: Chat, store: Store) -> No
     assert [(i.id, i.txn_id, i.room_id, i.content) for i in queued] == [
         (reply.id, reply_txn_id("$q"), reply.room_id, reply.content)
     ]
-    await store.outbox_sent(reply.id)
+    await store.outbox_sent([reply.id])
     assert await store.outbox() == []
+
+
+async def test_each_group_is_shown_before_its_commit_and_the_token_goes_with_the_last(
+    store: Store, roadmap: Roadmap
+) -> None:
+    dispatcher = make_dispatcher(store, roadmap)
+    msgs = [
+        Incoming("$a1", ROOM, NEWCOMER, "!start"),
+        Incoming("$b1", "!b:example.org", "@b:example.org", "!start"),
+        Incoming("$a2", ROOM, NEWCOMER, "!done"),  # the same sender again: a group of its own
+        Incoming("$m", "!m:example.org", MENTOR, "!status"),  # a mentor's: committed alone
+    ]
+    shown: list[tuple[list[str], list[bool]]] = []
+
+    async def ahead(records: Sequence[CommandRecord]) -> None:
+        # Shown before the commit: none of the group is handled yet (checked on the side).
+        handled = [r.event_id in committed for r in records]
+        shown.append(([r.event_id for r in records], handled))
+
+    committed: set[str] = set()
+    store.on_queued = lambda items: committed.update(
+        e for e in ("$a1", "$b1", "$a2", "$m") if any(i.txn_id == reply_txn_id(e) for i in items)
+    )
+    results = await dispatcher.handle_all(msgs, values={"token": "t1"}, ahead=ahead)
+
+    assert shown == [
+        (["$a1", "$b1"], [False, False]),
+        (["$a2"], [False]),
+        (["$m"], [False]),
+    ]
+    assert all(results) and committed == {"$a1", "$b1", "$a2", "$m"}
+    assert await store.get_value("token") == "t1"
+    # A sync without commands still moves the token; a replay is shown but queues nothing.
+    assert await dispatcher.handle_all([], values={"token": "t2"}) == []
+    assert await store.get_value("token") == "t2"
+    assert await dispatcher.handle_all(msgs[:1], values={"token": "t3"}, ahead=ahead) == [None]
+    assert await store.get_value("token") == "t3"
+
+
+async def test_delivered_messages_leave_the_outbox_together(chat: Chat, store: Store) -> None:
+    ids = [i.id for body in ("!start", "!next", "!done") for i in await chat.send(body) or []]
+    await store.outbox_sent(ids[:2])
+    assert [i.id for i in await store.outbox()] == ids[2:]
+    await store.outbox_sent([])
+    assert [i.id for i in await store.outbox()] == ids[2:]
 
 
 async def test_history_has_one_row_per_change_newest_first(chat: Chat, store: Store) -> None:

@@ -23,10 +23,6 @@ async def handled(store: Store, event_id: str, at: datetime) -> None:
     )
 
 
-async def nothing_queued() -> None:
-    return None
-
-
 async def test_pruning_forgets_only_ids_a_restart_can_no_longer_redeliver(
     store: Store, roadmap: Roadmap
 ) -> None:
@@ -34,7 +30,6 @@ async def test_pruning_forgets_only_ids_a_restart_can_no_longer_redeliver(
         store=store,
         team=Team(TeamState(roadmap, POLICY)),
         prefix="!",
-        on_queued=nothing_queued,
         keep_handled=timedelta(days=8),
         clock=ServerClock(lambda: NOW),
     )
@@ -57,12 +52,8 @@ async def test_the_bot_schedules_pruning_past_the_oldest_event_it_answers(
         }
     )
 
-    class Edge:
-        async def queued(self) -> None:
-            return None
-
     team = Team(TeamState(roadmap, POLICY))
-    scheduler = _scheduler(config, store, team, Edge(), Metrics())  # type: ignore[arg-type]
+    scheduler = _scheduler(config, store, team, Metrics())
 
     assert scheduler.scheduler.get_job(PRUNE) is not None
     assert scheduler.jobs.keep_handled == timedelta(days=3) + KEEP_HANDLED_MARGIN

@@ -113,15 +113,12 @@ def make_jobs(
     clock: Clock | None = None,
     queued: list[int] | None = None,
 ) -> Jobs:
-    async def on_queued() -> None:
-        if queued is not None:
-            queued.append(1)
-
+    if queued is not None:
+        store.on_queued = lambda items: queued.append(len(items))
     return Jobs(
         store=store,
         team=Team(TeamState(roadmap, policy, configured_mentors=frozenset(mentors))),
         prefix="!",
-        on_queued=on_queued,
         clock=ServerClock(clock or Clock(NOW)),
     )
 
@@ -363,11 +360,11 @@ async def test_sweeping_twice_at_the_same_moment_queues_nothing_the_second_time(
 
     assert await jobs.nudge_sweep() == 2
     assert len(await store.outbox()) == 2
-    assert queued == [1]
+    assert queued == [2]  # handed to the outbox in one go
 
     assert await jobs.nudge_sweep() == 0
     assert len(await store.outbox()) == 2
-    assert queued == [1]  # nothing new to deliver
+    assert queued == [2]  # nothing new to deliver
     infos = {i.user_id: i for i in await store.newcomers([s.id for s in roadmap])}
     assert [infos[u].nudges_in_row for u in ("@a:x.org", "@b:x.org")] == [1, 1]
     assert infos["@a:x.org"].last_nudged_at == NOW
@@ -497,9 +494,7 @@ async def test_escalation_reaches_mentors_by_power_level_too(
         configured_mentors=frozenset({"@zoe:x.org"}),
         mentors_by_power=frozenset({"@power:x.org"}),
     )
-    jobs = Jobs(
-        store=store, team=Team(state), prefix="!", on_queued=noop, clock=ServerClock(Clock(NOW))
-    )
+    jobs = Jobs(store=store, team=Team(state), prefix="!", clock=ServerClock(Clock(NOW)))
 
     await jobs.nudge_sweep()
 
@@ -508,10 +503,6 @@ async def test_escalation_reaches_mentors_by_power_level_too(
         ("escalation", "@power:x.org"),
         ("escalation", "@zoe:x.org"),
     ]
-
-
-async def noop() -> None:
-    return None
 
 
 async def test_team_target_nudges_in_the_team_room_but_escalates_privately(

@@ -335,16 +335,12 @@ async def progressing_newcomer(store: Store, roadmap: Roadmap, user: str) -> Non
 
 
 def digest_jobs(store: Store, roadmap: Roadmap, policy: NudgePolicy) -> Jobs:
-    async def on_queued() -> None:
-        return None
-
     return Jobs(
         store=store,
         team=Team(
             TeamState(roadmap, policy, configured_mentors=frozenset({MENTOR, "@other:example.org"}))
         ),
         prefix="!",
-        on_queued=on_queued,
         clock=ServerClock(lambda: NOW),
     )
 

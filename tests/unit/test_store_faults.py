@@ -8,6 +8,7 @@ import asyncio
 import os
 import sqlite3
 import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from bot.faults import (
     lock_data_dir,
 )
 from bot.roadmap import Roadmap
-from bot.store import Store
+from bot.store import CommandRecord, OutboxItem, Store
 from tests.unit.conftest import NEWCOMER, ROOM, make_dispatcher
 
 AT = datetime(2026, 3, 2, 9, tzinfo=UTC)
@@ -102,8 +103,20 @@ async def test_a_command_that_cannot_be_saved_waits_and_runs_once_storage_works(
     done = Incoming("$done", ROOM, NEWCOMER, "!done")
     progress = Incoming("$progress", ROOM, "@other:example.org", "!progress")
     chatter = Incoming("$chatter", ROOM, NEWCOMER, "thanks!")
+    queued: list[list[OutboxItem]] = []
+    store.on_queued = queued.append
+    shown: list[list[str]] = []
+
+    async def ahead(records: Sequence[CommandRecord]) -> None:
+        shown.append([r.event_id for r in records])
+
     with pytest.raises(Unsaved) as unsaved:
-        await chat_dispatcher.handle_all([done, chatter, progress])
+        await chat_dispatcher.handle_all(
+            [done, chatter, progress], values={"sync_token": "s2"}, ahead=ahead
+        )
+    assert shown == [["$done", "$progress"]]  # shown before the commit that failed
+    assert queued == []  # the outbox is handed nothing that was not committed
+    assert await store.get_value("sync_token") is None  # nor does the token move
     assert unsaved.value.fault.kind == BUSY
     assert unsaved.value.waiting == [done, progress]  # not the chatter: it is no command
     assert store.fault is not None and store.fault.reason == "database locked by another process"
@@ -116,9 +129,13 @@ async def test_a_command_that_cannot_be_saved_waits_and_runs_once_storage_works(
     holder.close()
     await store.probe()
     assert store.fault is None
-    done_items, _, progress_items = await chat_dispatcher.handle_all([done, chatter, progress])
+    done_items, _, progress_items = await chat_dispatcher.handle_all(
+        [done, chatter, progress], values={"sync_token": "s2"}
+    )
     assert done_items and "✓ Done:" in done_items[0].content["body"]  # no apology: it ran
     assert progress_items
+    assert queued == [[*done_items, *progress_items]]
+    assert await store.get_value("sync_token") == "s2"
     assert await chat_dispatcher.handle_all([done]) == [None]  # and once only
 
 
