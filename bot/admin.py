@@ -77,8 +77,12 @@ async def status(config: Config, roadmap: Roadmap, user_id: str | None) -> str:
         if not found:
             raise LookupError(f"{user_id} has not enrolled in the roadmap")
         progress = await store.load_progress(user_id)
+        answers = await store.check_answers(user_id)
         prefix = config.bot.command_prefix
-        return render_status(roadmap, found[0], progress, policy, now, prefix=prefix).body + "\n"
+        status = render_status(
+            roadmap, found[0], progress, policy, now, prefix=prefix, answers=answers
+        )
+        return status.body + "\n"
     finally:
         await store.close()
 

@@ -76,6 +76,7 @@ def nudge_policy(config: Config, team_room_id: str | None = None) -> NudgePolicy
         target=n.target,
         team_room=team_room_id,
         manual_cooldown=n.manual_cooldown,
+        behind_pace_after=n.behind_pace_after,
     )
 
 
@@ -86,6 +87,7 @@ def team_state(config: Config, roadmap: Roadmap) -> TeamState:
         policy=nudge_policy(config),
         admins=frozenset(config.people.admins),
         configured_mentors=frozenset(config.people.mentors),
+        checks_required=config.checks.required,
     )
 
 

@@ -126,6 +126,9 @@ class BotConfig(_Section):
     # rooms in all.
     max_rooms_per_inviter: int = Field(default=5, ge=0)
     max_rooms: int = Field(default=1000, ge=1)
+    # The bot puts ✅ ⏭️ 📚 under every message that shows a step; the newcomer's tap acts on
+    # that step as !done, !skip or !resources would.
+    reaction_shortcuts: bool = True
 
     @field_validator("command_prefix")
     @classmethod
@@ -181,6 +184,8 @@ class NudgesConfig(_Scheduled):
     enabled: bool = True
     schedule: str = "0 10 * * mon-fri"
     idle_after: Duration = timedelta(days=3)
+    # Working time behind the roadmap's estimates past which !status flags a newcomer.
+    behind_pace_after: Duration = timedelta(days=5)
     target: Literal["dm", "team"] = "dm"
     escalate_after: int = Field(default=3, ge=1, le=100)
     working_days: WorkingDays = timeutil.DEFAULT_WORKING_DAYS
@@ -229,6 +234,12 @@ class HttpConfig(_Section):
         return host.strip("[]"), int(port)
 
 
+class ChecksConfig(_Section):
+    # With true, !done on a step with knowledge checks asks them first; the step is done
+    # once they are answered right.
+    required: bool = False
+
+
 class Config(_Section):
     matrix: MatrixConfig
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -238,6 +249,7 @@ class Config(_Section):
     rooms: RoomsConfig = Field(default_factory=RoomsConfig)
     nudges: NudgesConfig = Field(default_factory=NudgesConfig)
     digest: DigestConfig | None = None
+    checks: ChecksConfig = Field(default_factory=ChecksConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
 

@@ -30,7 +30,7 @@ from bot.commands.registry import (
 from bot.faults import StorageFault
 from bot.markup import Reply
 from bot.metrics import Metrics
-from bot.ops import Send
+from bot.ops import Mark, Send
 from bot.roadmap import Roadmap
 from bot.store import CommandRecord, OutboxItem, Store
 from bot.team import Team
@@ -47,6 +47,13 @@ class Incoming:
     formatted_body: str | None = None
     is_direct: bool = False  # only the sender and the bot are in the room
     ts_ms: int | None = None  # when the homeserver received it (origin_server_ts)
+    # What the reply answers, when not this event: a reaction shortcut's or poll response's
+    # reply answers the message reacted to (a reaction cannot be replied to).
+    reply_to: str | None = None
+
+    @property
+    def answers(self) -> str:
+        return self.reply_to or self.event_id
 
 
 class FloodGate:
@@ -259,7 +266,7 @@ class Dispatcher:
                     "command %r failed", name, extra={"room": msg.room_id, "sender": msg.sender}
                 )
                 outcome, finished = Outcome(texts.OOPS, outcome="error"), None
-        reply = reply_content(outcome.reply, msg.event_id)
+        reply = reply_content(outcome.reply, msg.answers)
         txn = reply_txn_id(msg.event_id)
         # What is private is the answer of a command that ran: a refusal or a usage error says
         # nothing about anyone.
@@ -271,17 +278,25 @@ class Dispatcher:
         )
         # A private answer names its reader: the outbox checks again, when it sends, that only
         # they can read the room, and goes to a private room of its own if not.
+        # A reply that shows a step is marked: the reactions on it act on that step.
+        shows = Mark("step", msg.sender, outcome.shows) if outcome.shows else None
         first: list[tuple[str, Send]] = [
             (
                 txn,
-                Send("reply", reply, room_id=msg.room_id, to_user=msg.sender if private else None),
+                Send(
+                    "reply",
+                    reply,
+                    room_id=msg.room_id,
+                    to_user=msg.sender if private else None,
+                    mark=shows,
+                ),
             )
         ]
         if private and not msg.is_direct:
             # Others read this room: the answer goes to the mentor's direct chat instead.
             note = texts.ANSWERED_IN_DIRECT_CHAT
             first = [
-                (txn, Send("reply", reply_content(note, msg.event_id), room_id=msg.room_id)),
+                (txn, Send("reply", reply_content(note, msg.answers), room_id=msg.room_id)),
                 (
                     f"{txn}-private",
                     Send("private", reply_content(outcome.reply, None), to_user=msg.sender),

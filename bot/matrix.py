@@ -16,13 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from nio import (
+    Event,
     InviteMemberEvent,
     LocalProtocolError,
     MatrixRoom,
     MegolmEvent,
+    ReactionEvent,
     RoomMessageText,
     SyncError,
     SyncResponse,
+    UnknownEvent,
 )
 
 from bot import texts
@@ -37,7 +40,9 @@ from bot.logs import READY
 from bot.metrics import Metrics
 from bot.ops import Send
 from bot.outbox import TRANSPORT_ERRORS, Backoff, Outbox, is_private_with
+from bot.polls import POLL_RESPONSE, poll_vote
 from bot.recent import Recent
+from bot.shortcuts import command_for
 from bot.store import OutboxItem, Store
 from bot.team import Team
 from bot.team_room import TeamRoom
@@ -92,6 +97,7 @@ class MatrixBot:
             metrics,
             self.trust,
             encrypt_new_rooms=config.matrix.encryption,
+            reaction_shortcuts=config.bot.reaction_shortcuts,
             stopping=self._stopping,
             e2e_lock=self._e2e_lock,
             clock=clock,
@@ -107,6 +113,8 @@ class MatrixBot:
         self.synced = asyncio.Event()
         self.client.add_event_callback(self._on_invite, InviteMemberEvent)
         self.client.add_event_callback(self._on_message, RoomMessageText)
+        self.client.add_event_callback(self._on_reaction, ReactionEvent)
+        self.client.add_event_callback(self._on_poll_response, UnknownEvent)
         self.client.add_event_callback(self._on_undecryptable, MegolmEvent)
         # Invites are answered by a task of their own: a flood of them never holds up syncs.
         self._invites: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
@@ -439,6 +447,49 @@ class MatrixBot:
             return  # an edit of an earlier message is not a new command
         if not self.dispatcher.is_command(event.body):
             return
+        if await self._admissible(room, event):
+            self._take(room, event, event.body, arrived, formatted=content.get("formatted_body"))
+
+    async def _on_reaction(self, room: MatrixRoom, event: ReactionEvent) -> None:
+        """A reaction shortcut (✅ ⏭️ 📚) on a message that showed a step to its sender runs as
+        that command on that step; any other reaction does nothing."""
+        arrived = time.monotonic()
+        name = command_for(event.key)
+        if name is None or event.sender == self.client.user_id or not self._allowed(event.sender):
+            return
+        step = await self._marked_for(event.reacts_to, "step", event.sender)
+        if step is not None and await self._admissible(room, event):
+            body = f"{self.config.bot.command_prefix}{name} {step}"
+            self._take(room, event, body, arrived, reply_to=event.reacts_to)
+
+    async def _on_poll_response(self, room: MatrixRoom, event: UnknownEvent) -> None:
+        """A newcomer's vote in the poll of the knowledge check they were asked runs as
+        `!answer N`; votes in other polls, and changed votes after the answer, do nothing."""
+        arrived = time.monotonic()
+        if event.type not in POLL_RESPONSE or event.sender == self.client.user_id:
+            return
+        answer, poll_id = poll_vote(event.source.get("content", {}))
+        if answer is None or poll_id is None or not self._allowed(event.sender):
+            return
+        if await self._marked_for(poll_id, "quiz", event.sender) is None:
+            return
+        asked = await self.store.open_check(event.sender)
+        if asked is None or asked.poll_event_id != poll_id:
+            return  # answered already: a changed vote is not a second answer
+        if await self._admissible(room, event):
+            body = f"{self.config.bot.command_prefix}answer {answer}"
+            self._take(room, event, body, arrived, reply_to=poll_id)
+
+    async def _marked_for(self, event_id: str, kind: str, user_id: str) -> str | None:
+        """The step number a message of the bot's of this kind shows `user_id`, if it does."""
+        marked = await self.store.marked(event_id)
+        if marked is None or marked.mark.kind != kind or marked.mark.user_id != user_id:
+            return None
+        step = self.team.state.roadmap.get(marked.mark.step_id)
+        return step.number if step is not None else None
+
+    async def _admissible(self, room: MatrixRoom, event: Event) -> bool:
+        """Newer than the bot's join and not too old, and from a secure device if encrypted."""
         joined = await self.store.room_joined_at(room.room_id) or self._first_start_ms
         now_ms = self.clock.now_ms()
         if (
@@ -446,26 +497,34 @@ class MatrixBot:
             or now_ms - event.server_timestamp > self.max_event_age_ms
         ):
             log.debug("ignoring old event %s in %s", event.event_id, room.room_id)
-            return
-        if event.decrypted and not await self._from_secure_device(room, event):
-            return
-        is_direct = is_private_with(room, str(self.client.user_id), sender)
-        self._inbox.append(
-            (
-                Incoming(
-                    event.event_id,
-                    room.room_id,
-                    sender,
-                    event.body,
-                    formatted_body=content.get("formatted_body"),
-                    is_direct=is_direct,
-                    ts_ms=event.server_timestamp,
-                ),
-                arrived,
-            )
-        )
+            return False
+        return not event.decrypted or await self._from_secure_device(room, event)
 
-    async def _from_secure_device(self, room: MatrixRoom, event: RoomMessageText) -> bool:
+    def _take(
+        self,
+        room: MatrixRoom,
+        event: Event,
+        body: str,
+        arrived: float,
+        *,
+        formatted: str | None = None,
+        reply_to: str | None = None,
+    ) -> None:
+        """Into this sync's inbox, as a command."""
+        is_direct = is_private_with(room, str(self.client.user_id), event.sender)
+        incoming = Incoming(
+            event.event_id,
+            room.room_id,
+            event.sender,
+            body,
+            formatted_body=formatted,
+            is_direct=is_direct,
+            ts_ms=event.server_timestamp,
+            reply_to=reply_to,
+        )
+        self._inbox.append((incoming, arrived))
+
+    async def _from_secure_device(self, room: MatrixRoom, event: Event) -> bool:
         """Excluding insecure devices, a command from a device its owner has not cross-signed
         is not run (Element would not have shared the room key either). The sender is told
         once per device, in the clear: that device can read nothing else from the bot."""

@@ -34,6 +34,8 @@ class NudgePolicy:
     target: str  # "dm" or "team"
     team_room: str | None
     manual_cooldown: timedelta = timedelta(hours=1)  # between two !nudge of one newcomer
+    # Working time behind the roadmap's estimates past which a newcomer needs attention.
+    behind_pace_after: timedelta = timedelta(days=5)
 
     def zone_of(self, name: str | None) -> ZoneInfo:
         if name:
@@ -113,8 +115,13 @@ def attention_reasons(
     finished: bool,
     paused: bool,
     now: datetime,
+    behind: timedelta | None = None,
 ) -> list[str]:
-    """Why a mentor should look at this newcomer; empty when all is well."""
+    """Why a mentor should look at this newcomer; empty when all is well.
+
+    `behind`: working time behind the estimates (forecast.Forecast.behind), None if unknown.
+    Like idle time, it is no reason while the newcomer is paused.
+    """
     if finished:
         return []
     reasons = []
@@ -123,6 +130,8 @@ def attention_reasons(
         idle = policy.idle_time(last_activity_at, now, tz)
         if idle >= policy.idle_after:
             reasons.append(texts.idle_reason(policy.idle_days(last_activity_at, now, tz), idle))
+        if behind is not None and behind > policy.behind_pace_after:
+            reasons.append(texts.behind_pace_reason(behind // timedelta(days=1), behind))
     if nudges_in_row:
         reasons.append(texts.unanswered_nudges(nudges_in_row))
     if mentor is None:

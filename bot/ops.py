@@ -44,10 +44,42 @@ class MarkFinishAnnounced:
     user_id: str
 
 
-Op = SetMentor | SetPause | SetTimezone | RecordNudge | MarkFinishAnnounced
+@dataclass(frozen=True)
+class AskCheck:
+    """A knowledge check put to a newcomer: the one `!answer` (or a poll response) answers."""
+
+    user_id: str
+    step_id: str
+    check: int  # the check's index in its step
+    room_id: str
 
 
-BACKGROUND_KINDS = frozenset({"nudge", "escalation", "digest"})
+@dataclass(frozen=True)
+class AnswerCheck:
+    """A newcomer's answer to the check they were asked: kept, and the question closed."""
+
+    user_id: str
+    step_id: str
+    check: int
+    correct: bool
+
+
+Op = SetMentor | SetPause | SetTimezone | RecordNudge | MarkFinishAnnounced | AskCheck | AnswerCheck
+
+
+@dataclass(frozen=True)
+class Mark:
+    """What a message is, once it has an event id: it shows `step_id` to `user_id` (kind
+    "step": reactions on it act on that step), or asks them check `check` of it ("quiz": poll
+    responses to it answer that check)."""
+
+    kind: str
+    user_id: str
+    step_id: str
+    check: int | None = None
+
+
+BACKGROUND_KINDS = frozenset({"nudge", "escalation", "digest", "shortcut"})
 
 
 @dataclass(frozen=True)
@@ -63,6 +95,8 @@ class Send:
     to_user: str | None = None
     # False only for what must reach a device that gets no room keys (it says nothing private).
     encrypted: bool = True
+    event_type: str = "m.room.message"
+    mark: Mark | None = None
 
     @property
     def background(self) -> bool:

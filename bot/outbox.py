@@ -44,6 +44,7 @@ from bot.e2e import DeviceTrust
 from bot.faults import StorageFault
 from bot.identity import api
 from bot.metrics import Metrics
+from bot.shortcuts import shortcut_reactions
 from bot.store import CommandRecord, OutboxItem, Store
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class _Result:
     errcode: str | None = None
     why: str = ""
     retry_after_s: float | None = None
+    event_id: str | None = None  # the homeserver's id for what was sent
 
 
 _Sent = tuple[_Result, float]  # a try at sending, and when it ended (time.monotonic())
@@ -129,6 +131,7 @@ class Outbox:
         trust: DeviceTrust,
         *,
         encrypt_new_rooms: bool,
+        reaction_shortcuts: bool = True,
         stopping: asyncio.Event,
         e2e_lock: asyncio.Lock,
         clock: ServerClock,
@@ -139,6 +142,7 @@ class Outbox:
         self.metrics = metrics
         self.trust = trust
         self.encrypt_new_rooms = encrypt_new_rooms
+        self.reaction_shortcuts = reaction_shortcuts
         self._stopping = stopping
         self._e2e_lock = e2e_lock  # key sharing and the sync's key upkeep take turns
         self._lock = asyncio.Lock()
@@ -195,7 +199,16 @@ class Outbox:
                 continue
             if send.to_user and not is_private_with(self.client.rooms[room_id], me, send.to_user):
                 continue
-            item = OutboxItem(0, txn_id, room_id, send.content, 0, send.to_user, send.encrypted)
+            item = OutboxItem(
+                0,
+                txn_id,
+                room_id,
+                send.content,
+                to_user=send.to_user,
+                encrypted=send.encrypted,
+                event_type=send.event_type,
+                mark=send.mark,
+            )
             sending = asyncio.create_task(self._deliver_timed(item), name=room_id)
             sending.add_done_callback(_retrieve)  # its failure is read when claimed, or dropped
             self._ahead[txn_id] = sending
@@ -398,6 +411,8 @@ class Outbox:
             self._not_before[item.room_id] = time.monotonic() + 1.0
             return
         if result.ok:
+            if item.mark is not None and result.event_id is not None:
+                await self._remember(item, result.event_id)
             self._taken_out(item)
             self._rotation.pop(item.room_id, None)  # to the back of the line
             self._not_before.pop(item.room_id, None)
@@ -457,6 +472,15 @@ class Outbox:
         )
         self._taken_out(item)
 
+    async def _remember(self, item: OutboxItem, event_id: str) -> None:
+        """A marked message went out: what it is is kept by its event id, and a step shown
+        gets its reaction shortcuts (sent after it, behind the replies people wait for)."""
+        assert item.mark is not None and item.room_id is not None
+        follow_ups = []
+        if item.mark.kind == "step" and self.reaction_shortcuts:
+            follow_ups = shortcut_reactions(item.room_id, event_id)
+        await self.store.delivered(item, event_id, follow_ups, at=self.clock.now())
+
     def _taken_out(self, item: OutboxItem) -> None:
         """Delivered or given up: out of the queue now, out of the table with the next batch."""
         if self._queue is not None:
@@ -489,14 +513,15 @@ class Outbox:
         homeserver's 429 comes back at once, so that it delays this room only."""
         assert item.room_id is not None
         room = self.client.rooms[item.room_id]
-        event_type, content = "m.room.message", item.content
+        event_type, content = item.event_type, item.content
         if room.encrypted and item.encrypted:
             async with self._e2e_lock:
-                event_type, content = await self._encrypt(room, content)
+                event_type, content = await self._encrypt(room, event_type, content)
         path = f"/rooms/{quote(item.room_id)}/send/{quote(event_type)}/{quote(item.txn_id)}"
         status, data = await api(self.client, "PUT", path, content)
         if status == 200:
-            return _Result(True)
+            event_id = data.get("event_id")
+            return _Result(True, event_id=event_id if isinstance(event_id, str) else None)
         retry_ms = data.get("retry_after_ms")
         return _Result(
             False,
@@ -505,7 +530,9 @@ class Outbox:
             retry_after_s=retry_ms / 1000 if isinstance(retry_ms, int | float) else None,
         )
 
-    async def _encrypt(self, room: MatrixRoom, content: dict[str, Any]) -> tuple[str, Any]:
+    async def _encrypt(
+        self, room: MatrixRoom, event_type: str, content: dict[str, Any]
+    ) -> tuple[str, Any]:
         """What nio's room_send does before its PUT: the room key shared with every device
         that may have it (judged first when excluding insecure devices), then Megolm."""
         client = self.client
@@ -524,4 +551,4 @@ class Outbox:
                 # and one that is neither raises instead of silently getting the room key.
                 ignore_unverified_devices=not self.trust.exclude_insecure,
             )
-        return client.encrypt(room.room_id, "m.room.message", content)
+        return client.encrypt(room.room_id, event_type, content)

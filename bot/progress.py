@@ -268,3 +268,21 @@ class NewcomerInfo:
     nudges_total: int
     done: int
     skipped: int
+
+
+@dataclass(frozen=True)
+class OpenCheck:
+    """The knowledge check a newcomer was asked last and has not answered yet."""
+
+    step_id: str
+    check: int
+    room_id: str
+    poll_event_id: str | None  # None until the poll is sent (or if it was not a poll)
+
+
+@dataclass(frozen=True)
+class CheckAnswer:
+    step_id: str
+    check: int
+    correct: bool
+    at: datetime

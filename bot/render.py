@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 from bot import texts
+from bot.forecast import Forecast
 from bot.markup import Block, Bold, Code, Inline, Link, Message, Reply
 from bot.progress import Progress, State, current_step, section_progress, totals
 from bot.roadmap import Resource, Roadmap, Step
@@ -71,13 +72,16 @@ def section_bars(roadmap: Roadmap, progress: Progress) -> list[list[Inline]]:
     return rows
 
 
-def render_progress(roadmap: Roadmap, progress: Progress) -> Reply:
+def render_progress(roadmap: Roadmap, progress: Progress, outlook: Forecast | None = None) -> Reply:
+    """`outlook`: the newcomer's forecast; None (finished, or not asked for) says nothing."""
     done, skipped, total = totals(roadmap, progress)
     m = Message().line(*texts.progress_heading(done, skipped, total))
     m.bullets(section_bars(roadmap, progress))
     current = current_step(roadmap, progress)
     if current is not None:
         m.line(*texts.progress_current(current))
+    if outlook is not None:
+        m.line(*texts.progress_forecast(outlook))
     return m.reply()
 
 

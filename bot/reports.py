@@ -9,10 +9,11 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from bot import texts
+from bot.forecast import Forecast, forecast
 from bot.markup import Code, Inline, Message, Reply
 from bot.nudges import NudgePolicy, attention_reasons
 from bot.ops import PAUSED_FOREVER
-from bot.progress import ActivityEntry, NewcomerInfo, Progress, current_step
+from bot.progress import ActivityEntry, CheckAnswer, NewcomerInfo, Progress, current_step
 from bot.render import section_bars
 from bot.roadmap import Roadmap
 
@@ -39,7 +40,10 @@ def _paused(info: NewcomerInfo, now: datetime, prefix: str) -> str | None:
     )
 
 
-def reasons_for(info: NewcomerInfo, policy: NudgePolicy, now: datetime) -> list[str]:
+def reasons_for(
+    info: NewcomerInfo, policy: NudgePolicy, now: datetime, outlook: Forecast | None = None
+) -> list[str]:
+    """`outlook`: the newcomer's forecast; without it, being behind pace is no reason."""
     return attention_reasons(
         policy,
         last_activity_at=info.last_activity_at,
@@ -49,6 +53,7 @@ def reasons_for(info: NewcomerInfo, policy: NudgePolicy, now: datetime) -> list[
         finished=info.finished_at is not None,
         paused=_pause_end(info, now) is not None,
         now=now,
+        behind=outlook.behind if outlook else None,
     )
 
 
@@ -60,9 +65,13 @@ def render_status(
     now: datetime,
     *,
     prefix: str = "!",
+    answers: Sequence[CheckAnswer] = (),
 ) -> Reply:
-    """`prefix`: the chat's command prefix, for the commands the view names."""
-    reasons = reasons_for(info, policy, now)
+    """`prefix`: the chat's command prefix, for the commands the view names; `answers`: the
+    newcomer's answers to knowledge checks, oldest first."""
+    tz = policy.zone_of(info.timezone)
+    outlook = forecast(roadmap, progress, now, tz, policy.working_days)
+    reasons = reasons_for(info, policy, now, outlook)
     m = Message()
     if reasons:
         m.line(*texts.needs_attention(reasons))
@@ -72,22 +81,31 @@ def render_status(
         m.line(texts.ON_TRACK)
     m.line(*texts.newcomer_heading(info.user_id, info.done, info.skipped, len(roadmap)))
     m.bullets(section_bars(roadmap, progress))
-    tz = policy.zone_of(info.timezone)
-    m.bullets(
-        texts.status_facts(
-            step=current_step(roadmap, progress),
-            enrolled=_day(info.enrolled_at),
-            last_activity=info.last_activity_at.strftime("%Y-%m-%d %H:%M UTC"),
-            idle_days=policy.idle_days(info.last_activity_at, now, tz),
-            nudges_total=info.nudges_total,
-            nudges_in_row=info.nudges_in_row,
-            mentor=info.mentor,
-            paused=_paused(info, now, prefix),
-            timezone=info.timezone,
-            team_timezone=policy.timezone.key,
-        )
+    facts = texts.status_facts(
+        step=current_step(roadmap, progress),
+        enrolled=_day(info.enrolled_at),
+        last_activity=info.last_activity_at.strftime("%Y-%m-%d %H:%M UTC"),
+        idle_days=policy.idle_days(info.last_activity_at, now, tz),
+        nudges_total=info.nudges_total,
+        nudges_in_row=info.nudges_in_row,
+        mentor=info.mentor,
+        paused=_paused(info, now, prefix),
+        timezone=info.timezone,
+        team_timezone=policy.timezone.key,
     )
-    return m.reply()
+    if outlook is not None:
+        facts += texts.status_forecast(outlook)
+    if answers:
+        facts.append((texts.checks_line(*right_first_time(answers)),))
+    return m.bullets(facts).reply()
+
+
+def right_first_time(answers: Sequence[CheckAnswer]) -> tuple[int, int]:
+    """(checks answered right at the first try, checks answered at all)."""
+    first: dict[tuple[str, int], bool] = {}
+    for a in answers:
+        first.setdefault((a.step_id, a.check), a.correct)
+    return sum(first.values()), len(first)
 
 
 def render_history(roadmap: Roadmap, user_id: str, entries: Sequence[ActivityEntry]) -> Reply:
@@ -155,8 +173,10 @@ def render_digest(
     since: datetime,
     *,
     prefix: str = "!",
+    missed_twice: Mapping[str, int] | None = None,
 ) -> Reply:
-    """`prefix`: the chat's command prefix, for the commands the digest names."""
+    """`prefix`: the chat's command prefix, for the commands the digest names; `missed_twice`:
+    step id -> newcomers who answered a check of it wrong twice this week."""
     progressed = [i for i in infos if done_this_week.get(i.user_id) and not i.finished_at]
     finished = [i for i in infos if i.finished_at and i.finished_at >= since]
 
@@ -182,10 +202,18 @@ def render_digest(
         rows.append([i.user_id, texts.DIGEST_STUCK, texts.reason_list(stuck_reasons(i))])
     for i in finished[:DIGEST_ROWS]:
         rows.append([i.user_id, texts.DIGEST_FINISHED, _day(i.finished_at)])
-    if not rows:
+    topics = [
+        texts.missed_twice(step, people)
+        for step_id, people in (missed_twice or {}).items()
+        if (step := roadmap.get(step_id)) is not None
+    ]
+    if not rows and not topics:
         return m.line(texts.DIGEST_QUIET).reply()
-    m.line(texts.digest_counts(len(progressed), len(stuck), len(finished)))
-    m.table(texts.DIGEST_COLUMNS, rows)
-    if max(len(progressed), len(stuck), len(finished)) > DIGEST_ROWS:
-        m.line(texts.digest_cut(DIGEST_ROWS, prefix))
+    if rows:
+        m.line(texts.digest_counts(len(progressed), len(stuck), len(finished)))
+        m.table(texts.DIGEST_COLUMNS, rows)
+        if max(len(progressed), len(stuck), len(finished)) > DIGEST_ROWS:
+            m.line(texts.digest_cut(DIGEST_ROWS, prefix))
+    if topics:
+        m.line(texts.MISSED_TWICE_HEADING).bullets(topics[:DIGEST_ROWS])
     return m.reply()

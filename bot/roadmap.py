@@ -1,4 +1,5 @@
-"""The roadmap model: sections, steps and resources, loaded and validated from YAML.
+"""The roadmap model: sections, steps, resources and knowledge checks, loaded from YAML and
+validated.
 
 Pure: no Matrix, no database. Progress is keyed on step ids, so titles and order may change freely.
 """
@@ -19,6 +20,10 @@ RESOURCE_KINDS = ("article", "book", "docs", "video", "course", "tool")
 SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 ESTIMATE = re.compile(r"^\d+(?:\.\d+)?[hdw]$")
 STEP_NUMBER = re.compile(r"^\d+\.\d+$")
+# Limits that keep a check readable in one chat message.
+CHECK_OPTIONS = (2, 5)
+OPTION_MAX_CHARS = 120
+EXPLAIN_MAX_CHARS = 200
 
 
 class RoadmapError(ValueError):
@@ -33,6 +38,16 @@ class Resource:
 
 
 @dataclass(frozen=True)
+class Check:
+    """A multiple-choice question on a step. The file counts options from 1, as people do."""
+
+    question: str
+    options: tuple[str, ...]
+    answer: int  # 0-based index into options
+    explain: str  # one line on why the answer is right, shown after answering
+
+
+@dataclass(frozen=True)
 class Step:
     id: str
     number: str
@@ -44,6 +59,7 @@ class Step:
     estimate: str = ""
     topics: tuple[str, ...] = ()
     resources: tuple[Resource, ...] = ()
+    checks: tuple[Check, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,8 +148,9 @@ def find_step(roadmap: Roadmap, query: str, limit: int = 5) -> Lookup:
 
 _TOP_KEYS = {"version", "title", "intro", "resources", "sections"}
 _SECTION_KEYS = {"id", "number", "title", "resources", "steps"}
-_STEP_KEYS = {"id", "number", "title", "summary", "estimate", "topics", "resources"}
+_STEP_KEYS = {"id", "number", "title", "summary", "estimate", "topics", "resources", "checks"}
 _RESOURCE_KEYS = {"title", "url", "kind"}
+_CHECK_KEYS = {"question", "options", "answer", "explain"}
 
 
 class _Problems:
@@ -194,6 +211,86 @@ def _resources(problems: _Problems, where: str, raw: list[Any]) -> tuple[Resourc
         if kind not in RESOURCE_KINDS:
             problems.add(at, f"unknown kind {kind!r} (one of: {', '.join(RESOURCE_KINDS)})")
         out.append(Resource(title=title, url=url, kind=kind))
+    return tuple(out)
+
+
+def _one_line(problems: _Problems, where: str, key: str, value: str, limit: int | None) -> None:
+    if len(value.splitlines()) > 1:
+        problems.add(where, f"{key} must be a single line")
+    if limit is not None and len(value) > limit:
+        problems.add(where, f"{key} is {len(value)} characters long (at most {limit})")
+
+
+def _options(problems: _Problems, where: str, item: Mapping[str, Any]) -> list[str]:
+    """The options as text; empty if they are not a list of an allowed length."""
+    raw = item.get("options")
+    low, high = CHECK_OPTIONS
+    if raw is None:
+        problems.add(where, f"missing options (a list of {low} to {high} choices)")
+        return []
+    if not isinstance(raw, list):
+        problems.add(where, f"options must be a list of {low} to {high} choices")
+        return []
+    if not low <= len(raw) <= high:
+        problems.add(where, f"options must have {low} to {high} choices, not {len(raw)}")
+        return []
+    options: list[str] = []
+    for i, value in enumerate(raw, 1):
+        key = f"option {i}"
+        text = value.strip() if isinstance(value, str) else ""
+        folded = [o.casefold() for o in options]
+        if not isinstance(value, str):
+            # YAML reads `yes`, `404` or `1.10` unquoted as something other than the text typed.
+            kind = "nothing" if value is None else type(value).__name__
+            problems.add(where, f"{key} must be text, not {kind} (put it in quotes)")
+        elif not text:
+            problems.add(where, f"{key} is empty")
+        else:
+            _one_line(problems, where, key, text, OPTION_MAX_CHARS)
+            if text.casefold() in folded:
+                first = folded.index(text.casefold()) + 1
+                problems.add(where, f"{key} repeats option {first}: {text!r}")
+        options.append(text)
+    return options
+
+
+def _answer(problems: _Problems, where: str, value: Any, options: int) -> int | None:
+    """The right option's number as the file counts (from 1); options is 0 if they are unusable,
+    and then only the answer's form can be judged."""
+    valid = f"from 1 to {options}" if options else "counting from 1"
+    if value is None:
+        problems.add(where, f"missing answer (the right option's number, {valid})")
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < 1
+        or (options and value > options)
+    ):
+        problems.add(where, f"answer {value!r} must be the right option's number, {valid}")
+        return None
+    return value
+
+
+def _checks(problems: _Problems, where: str, raw: list[Any]) -> tuple[Check, ...]:
+    out = []
+    for i, item in enumerate(raw, 1):
+        at = f"{where}, check {i}"
+        if not isinstance(item, dict):
+            problems.add(at, "must be a mapping with question, options, answer and explain")
+            continue
+        before = len(problems.items)
+        _keys(problems, at, item, _CHECK_KEYS)
+        question = _text(problems, at, item, "question")
+        if question:
+            _one_line(problems, at, "question", question, None)
+        options = _options(problems, at, item)
+        answer = _answer(problems, at, item.get("answer"), len(options))
+        explain = _text(problems, at, item, "explain")
+        if explain:
+            _one_line(problems, at, "explain", explain, EXPLAIN_MAX_CHARS)
+        if len(problems.items) == before and answer is not None:
+            out.append(Check(question, tuple(options), answer - 1, explain))
     return tuple(out)
 
 
@@ -274,6 +371,7 @@ def parse_roadmap(data: Any, path: Path) -> Roadmap:
                         str(t).strip() for t in topics if isinstance(t, str | int | float)
                     ),
                     resources=_resources(problems, at, _list(problems, at, raw_step, "resources")),
+                    checks=_checks(problems, at, _list(problems, at, raw_step, "checks")),
                 )
             )
             index += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,7 +27,7 @@ from bot.nudges import (
     select,
     should_escalate,
 )
-from bot.ops import RecordNudge, Send
+from bot.ops import Mark, RecordNudge, Send
 from bot.progress import current_step
 from bot.reports import render_digest
 from bot.store import Store, ts
@@ -79,7 +80,10 @@ class Jobs:
             key = f"nudge/{c.user_id}/{ts(c.last_activity_at)}/{streak}"
             ops.append(RecordNudge(c.user_id, "nudge", step.id if step else None, "scheduler"))
             content = nudge_message(roadmap, c.user_id, step, idle, self.prefix)
-            messages.append((job_txn_id(key), nudge_send(policy, c.user_id, content)))
+            send = nudge_send(policy, c.user_id, content)
+            if step is not None:  # reactions on the nudge act on the step it names
+                send = replace(send, mark=Mark("step", c.user_id, step.id))
+            messages.append((job_txn_id(key), send))
             if should_escalate(policy, c):
                 mentors = [c.mentor] if c.mentor else sorted(team.mentors)
                 ops.append(RecordNudge(c.user_id, "escalation", None, "scheduler"))
@@ -113,8 +117,16 @@ class Jobs:
         team = self.team.state
         infos = await self.store.newcomers([s.id for s in team.roadmap])
         done = await self.store.progress_since(since)
+        missed = await self.store.steps_missed_twice(since)
         content = render_digest(
-            team.roadmap, infos, done, team.policy, now, since, prefix=self.prefix
+            team.roadmap,
+            infos,
+            done,
+            team.policy,
+            now,
+            since,
+            prefix=self.prefix,
+            missed_twice=missed,
         ).content()
         key = f"digest/{now.date().isoformat()}"
         if team.team_room:
@@ -130,9 +142,15 @@ class Jobs:
     async def prune(self) -> int:
         """Forgets handled event ids older than a restart can re-deliver: such an event is
         dropped for its age (bot.max_event_age) before its id is looked up."""
-        pruned = await self.store.prune_handled(self.clock.now() - self.keep_handled)
-        log.info("pruned %d handled event ids", pruned)
+        now = self.clock.now()
+        pruned = await self.store.prune_handled(now - self.keep_handled)
+        forgotten = await self.store.prune_marked(now - KEEP_MARKED)
+        log.info("pruned %d handled event ids, %d marked messages", pruned, forgotten)
         return pruned
+
+
+# A step message or a check's poll older than this is no longer acted on when reacted to.
+KEEP_MARKED = timedelta(days=90)
 
 
 class Scheduler:

@@ -24,7 +24,7 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,13 +33,26 @@ import aiosqlite
 
 from bot.faults import CORRUPT, IO, StorageFault, fault_from, noting
 from bot.nudges import Candidate
-from bot.ops import MarkFinishAnnounced, Op, RecordNudge, Send, SetMentor, SetPause, SetTimezone
+from bot.ops import (
+    AnswerCheck,
+    AskCheck,
+    Mark,
+    MarkFinishAnnounced,
+    Op,
+    RecordNudge,
+    Send,
+    SetMentor,
+    SetPause,
+    SetTimezone,
+)
 from bot.progress import (
     UNDOABLE,
     Action,
     ActivityEntry,
     Change,
+    CheckAnswer,
     NewcomerInfo,
+    OpenCheck,
     Progress,
     State,
     Undoable,
@@ -214,7 +227,56 @@ async def _v4(db: aiosqlite.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1, _v2, _v3, _v4)
+async def _v5(db: aiosqlite.Connection) -> None:
+    """Messages that mean something once sent (a step shown, a check asked as a poll) are
+    remembered by their event id, for the reactions and poll responses that come back; the
+    knowledge check a newcomer was asked, and every answer."""
+    await _script(
+        db,
+        """
+        ALTER TABLE outbox ADD COLUMN event_type TEXT NOT NULL DEFAULT 'm.room.message';
+        ALTER TABLE outbox ADD COLUMN mark TEXT;
+        CREATE TABLE marked_events (
+            event_id    TEXT PRIMARY KEY,
+            room_id     TEXT NOT NULL,
+            kind        TEXT NOT NULL,
+            user_id     TEXT NOT NULL,
+            step_id     TEXT NOT NULL,
+            check_index INTEGER,
+            sent_at     TEXT NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX marked_events_quiz ON marked_events (user_id, kind, sent_at);
+        CREATE TABLE open_checks (
+            user_id     TEXT PRIMARY KEY,
+            step_id     TEXT NOT NULL,
+            check_index INTEGER NOT NULL,
+            room_id     TEXT NOT NULL,
+            asked_at    TEXT NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE check_answers (
+            id          INTEGER PRIMARY KEY,
+            user_id     TEXT NOT NULL,
+            step_id     TEXT NOT NULL,
+            check_index INTEGER NOT NULL,
+            correct     INTEGER NOT NULL,
+            at          TEXT NOT NULL
+        );
+        CREATE INDEX check_answers_user ON check_answers (user_id, step_id);
+        CREATE INDEX check_answers_at ON check_answers (at);
+        """,
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1, _v2, _v3, _v4, _v5)
+
+
+@dataclass(frozen=True)
+class MarkedEvent:
+    """A message the bot sent that reactions or poll responses may act on (see `Mark`)."""
+
+    event_id: str
+    room_id: str
+    mark: Mark
 
 
 @dataclass(frozen=True)
@@ -239,6 +301,8 @@ class OutboxItem:
     to_user: str | None = None
     encrypted: bool = True  # False: sent in the clear even in an encrypted room
     background: bool = False  # a nudge or digest: sent after the replies waiting
+    event_type: str = "m.room.message"
+    mark: Mark | None = None
 
 
 @dataclass(frozen=True)
@@ -751,8 +815,8 @@ class Store:
 
     async def outbox(self) -> list[OutboxItem]:
         rows = await self._read(
-            "SELECT id, txn_id, room_id, to_user, content, attempts, encrypted, background "
-            "FROM outbox ORDER BY id"
+            "SELECT id, txn_id, room_id, to_user, content, attempts, encrypted, background, "
+            "event_type, mark FROM outbox ORDER BY id"
         )
         return [
             OutboxItem(
@@ -764,9 +828,86 @@ class Store:
                 r["to_user"],
                 bool(r["encrypted"]),
                 bool(r["background"]),
+                r["event_type"],
+                Mark(**json.loads(r["mark"])) if r["mark"] else None,
             )
             for r in rows
         ]
+
+    async def delivered(
+        self,
+        item: OutboxItem,
+        event_id: str,
+        follow_ups: Sequence[tuple[str, Send]],
+        at: datetime,
+    ) -> None:
+        """`item` (a marked message) went out as `event_id`: remember what it is, and queue its
+        follow-ups (the reaction shortcuts on a step) in the same transaction."""
+        assert item.mark is not None and item.room_id is not None
+        mark, when = item.mark, ts(at)
+        async with self._unit(write=True) as unit:
+            await unit.write(
+                "INSERT INTO marked_events (event_id, room_id, kind, user_id, step_id, "
+                "check_index, sent_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (event_id) DO NOTHING",
+                (event_id, item.room_id, mark.kind, mark.user_id, mark.step_id, mark.check, when),
+            )
+            queued = await _write_messages(unit, [(m, when) for m in follow_ups])
+            await unit.flush()
+            unit.outbox.extend(queued.items().values())
+
+    async def marked(self, event_id: str) -> MarkedEvent | None:
+        rows = await self._read(
+            "SELECT event_id, room_id, kind, user_id, step_id, check_index FROM marked_events "
+            "WHERE event_id = ?",
+            (event_id,),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        mark = Mark(r["kind"], r["user_id"], r["step_id"], r["check_index"])
+        return MarkedEvent(r["event_id"], r["room_id"], mark)
+
+    async def open_check(self, user_id: str) -> OpenCheck | None:
+        """The check `user_id` was asked and has not answered, with its poll's event id."""
+        rows = await self._read(
+            "SELECT o.step_id, o.check_index, o.room_id, ("
+            "  SELECT m.event_id FROM marked_events m WHERE m.user_id = o.user_id"
+            "  AND m.kind = 'quiz' AND m.step_id = o.step_id AND m.check_index = o.check_index"
+            "  AND m.sent_at >= o.asked_at ORDER BY m.sent_at DESC LIMIT 1) AS poll "
+            "FROM open_checks o WHERE o.user_id = ?",
+            (user_id,),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return OpenCheck(r["step_id"], r["check_index"], r["room_id"], r["poll"])
+
+    async def check_answers(self, user_id: str) -> list[CheckAnswer]:
+        """Every answer `user_id` gave to a knowledge check, oldest first."""
+        rows = await self._read(
+            "SELECT step_id, check_index, correct, at FROM check_answers WHERE user_id = ? "
+            "ORDER BY id",
+            (user_id,),
+        )
+        return [
+            CheckAnswer(
+                r["step_id"], r["check_index"], bool(r["correct"]), datetime.fromisoformat(r["at"])
+            )
+            for r in rows
+        ]
+
+    async def steps_missed_twice(self, since: datetime) -> dict[str, int]:
+        """Steps a newcomer answered a check of wrong twice or more since `since`: step id ->
+        how many newcomers did."""
+        rows = await self._read(
+            "SELECT step_id, count(*) AS people FROM ("
+            "  SELECT user_id, step_id FROM check_answers WHERE correct = 0 AND at >= ?"
+            "  GROUP BY user_id, step_id HAVING count(*) >= 2"
+            ") GROUP BY step_id ORDER BY people DESC, step_id",
+            (ts(since),),
+        )
+        return {r["step_id"]: r["people"] for r in rows}
 
     async def outbox_set_room(self, user_id: str, room_id: str) -> None:
         """`room_id` is the private room with `user_id`: remember it, and send every message
@@ -794,6 +935,13 @@ class Store:
         """Forgets the events handled before `before`; returns how many."""
         async with self._unit(write=True) as unit:
             await unit.write("DELETE FROM handled_events WHERE handled_at < ?", (ts(before),))
+            [row] = await unit.fetch("SELECT changes()")
+        return int(row[0])
+
+    async def prune_marked(self, before: datetime) -> int:
+        """Forgets what the messages sent before `before` were (reactions on them do nothing)."""
+        async with self._unit(write=True) as unit:
+            await unit.write("DELETE FROM marked_events WHERE sent_at < ?", (ts(before),))
             [row] = await unit.fetch("SELECT changes()")
         return int(row[0])
 
@@ -1254,6 +1402,21 @@ def _op_writes(op: Op, when: str) -> Iterator[tuple[str, Params]]:
                 "WHERE user_id = ?",
                 (when, user_id),
             )
+        case AskCheck(user_id, step_id, check, room_id):
+            yield (
+                "INSERT INTO open_checks (user_id, step_id, check_index, room_id, asked_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET "
+                "step_id = excluded.step_id, check_index = excluded.check_index, "
+                "room_id = excluded.room_id, asked_at = excluded.asked_at",
+                (user_id, step_id, check, room_id, when),
+            )
+        case AnswerCheck(user_id, step_id, check, correct):
+            yield (
+                "INSERT INTO check_answers (user_id, step_id, check_index, correct, at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (user_id, step_id, check, correct, when),
+            )
+            yield "DELETE FROM open_checks WHERE user_id = ?", (user_id,)
         case RecordNudge(user_id, kind, step_id, actor):
             yield (
                 "INSERT INTO nudges (user_id, kind, step_id, actor, sent_at) "
@@ -1290,6 +1453,8 @@ class _QueuedMessages:
                     send.to_user,
                     send.encrypted,
                     send.background,
+                    send.event_type,
+                    send.mark,
                 )
         return items
 
@@ -1311,8 +1476,10 @@ async def _write_messages(
     inserted = await _write_rows(
         unit,
         "INSERT INTO outbox (txn_id, room_id, to_user, content, created_at, encrypted, "
-        "background) VALUES {rows} ON CONFLICT (txn_id) DO NOTHING RETURNING id, txn_id, room_id",
-        "(?, coalesce(?, (SELECT room_id FROM direct_rooms WHERE user_id = ?)), ?, ?, ?, ?, ?)",
+        "background, event_type, mark) VALUES {rows} "
+        "ON CONFLICT (txn_id) DO NOTHING RETURNING id, txn_id, room_id",
+        "(?, coalesce(?, (SELECT room_id FROM direct_rooms WHERE user_id = ?)), "
+        "?, ?, ?, ?, ?, ?, ?)",
         [
             (
                 txn_id,
@@ -1323,6 +1490,8 @@ async def _write_messages(
                 when,
                 send.encrypted,
                 send.background,
+                send.event_type,
+                json.dumps(asdict(send.mark)) if send.mark else None,
             )
             for (txn_id, send), when in messages
         ],

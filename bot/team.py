@@ -32,6 +32,7 @@ class TeamState:
     configured_mentors: frozenset[str] = frozenset()  # people.mentors
     # Power 50 or more in rooms.team, while that room may make mentors (see team_room.py).
     mentors_by_power: frozenset[str] = frozenset()
+    checks_required: bool = False  # checks.required: !done asks a step's checks first
 
     @property
     def mentors(self) -> frozenset[str]:

@@ -15,8 +15,9 @@ this module (it imports them).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import date, timedelta
 
+from bot.forecast import Forecast
 from bot.markup import Bold, Code, Inline, Line, Link, Mention, Message, Reply, echo, text
 from bot.progress import State
 from bot.roadmap import Step
@@ -107,6 +108,57 @@ def progress_heading(done: int, skipped: int, total: int) -> Line:
 
 def progress_current(step: Step) -> Line:
     return ("Current step: ", Bold(step_name(step)))
+
+
+# The pace forecast (forecast.py): in !progress for the newcomer, in !status for mentors.
+
+WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+FORECAST_UNKNOWN = "not enough to go on yet"  # no estimated step done yet
+FORECAST_TOO_FAR = "too far off to put a date on"  # beyond forecast.HORIZON
+
+
+def day_name(day: date, today: date) -> str:
+    """A day as people say it, "Tue 14 Apr", with the year when it is not this one."""
+    name = f"{WEEKDAY_NAMES[day.weekday()]} {day.day} {MONTH_NAMES[day.month - 1]}"
+    return name if day.year == today.year else f"{name} {day.year}"
+
+
+def progress_forecast(outlook: Forecast) -> Line:
+    """For the newcomer: when they finish at their pace so far."""
+    if outlook.finish is not None:
+        return (
+            "📅 Going by the estimates, at your pace you'll finish around ",
+            Bold(day_name(outlook.finish, outlook.today)),
+            ".",
+        )
+    if outlook.too_far:
+        return (f"📅 At your pace so far, the finish is {FORECAST_TOO_FAR}.",)
+    return (f"📅 When you'll finish: {FORECAST_UNKNOWN}; ask again once you've done a step.",)
+
+
+def behind_by(days: int) -> str:
+    """Whole working days behind the estimates; negative: ahead of them."""
+    if days > 0:
+        return f"behind by {plural(days, 'working day')}"
+    if days < 0:
+        return f"ahead by {plural(-days, 'working day')}"
+    return "as estimated"
+
+
+def status_forecast(outlook: Forecast) -> list[Line]:
+    """For mentors: the finish at the newcomer's pace and by the estimates, and the gap."""
+    today = outlook.today
+    if outlook.finish is not None:
+        at_pace = f"around {day_name(outlook.finish, today)} at their pace"
+    else:
+        at_pace = FORECAST_TOO_FAR if outlook.too_far else FORECAST_UNKNOWN
+    expected = outlook.expected
+    by_estimates = day_name(expected, today) if expected is not None else FORECAST_TOO_FAR
+    return [
+        ("Finish: ", f"{at_pace}; {by_estimates} by the estimates alone"),
+        ("Pace: ", behind_by(outlook.behind_days)),
+    ]
 
 
 def roadmap_heading(title: str, steps: int) -> Line:
@@ -211,6 +263,13 @@ def idle_reason(days: int, idle: timedelta) -> str:
 
 def unanswered_nudges(n: int) -> str:
     return plural(n, "unanswered nudge")
+
+
+def behind_pace_reason(days: int, behind: timedelta) -> str:
+    """Behind the estimates by more than nudges.behind_pace_after: in working days once there
+    is one, else in working time."""
+    by = plural(days, "working day") if days else format_duration(behind)
+    return f"behind pace by {by}"
 
 
 def reason_list(reasons: Sequence[str]) -> str:
@@ -626,3 +685,65 @@ UNDECRYPTABLE = text(
     "happening, make sure your client shares keys with unverified devices, or "
     "start a new direct chat with me."
 )
+
+
+# --- knowledge checks ---------------------------------------------------------------------------
+
+
+def not_a_number(typed: str) -> Reply:
+    return text(echo(typed), " is not a number: answer with the number of an option, e.g. 2.")
+
+
+def check_question(step: Step, question: str) -> Line:
+    """A check as text (its options follow, numbered): for clients without polls, and above
+    the poll in those with them."""
+    return ("🧠 A check on ", Bold(step_name(step)), ": ", question)
+
+
+def how_to_answer(prefix: str) -> str:
+    return f"Tap your answer in the poll, or say {prefix}answer N."
+
+
+def check_poll_fallback(question: str, options: Sequence[str], prefix: str) -> str:
+    lines = [question, *(f"{i}. {o}" for i, o in enumerate(options, 1))]
+    return "\n".join([*lines, f"(answer with {prefix}answer N)"])
+
+
+def checks_first(step: Step) -> Line:
+    return ("Before ", Bold(step_name(step)), " is done, a quick check of what it taught.")
+
+
+def no_checks(step: Step) -> Reply:
+    return text(step_name(step), " has no knowledge checks yet.")
+
+
+NOTHING_TO_CHECK = text("You have finished every step; name one to be checked on it.")
+
+
+def no_open_check(prefix: str) -> Reply:
+    return text(f"There is no question waiting for your answer: {prefix}quiz asks one.")
+
+
+def option_out_of_range(typed: int, options: int) -> Reply:
+    return text(f"{typed} is not one of the options: answer with a number from 1 to {options}.")
+
+
+def check_answered(correct: bool, right: str, explain: str) -> Line:
+    if correct:
+        return ("✅ Right. ", explain)
+    return ("❌ Not quite: the answer is ", Bold(right), ". ", explain)
+
+
+def check_poll_ended(correct: bool) -> str:
+    return "The check is answered: right." if correct else "The check is answered: not right."
+
+
+def checks_line(right_first: int, asked: int) -> str:
+    return f"Knowledge checks: {right_first}/{asked} right first time"
+
+
+def missed_twice(step: Step, people: int) -> Line:
+    return (Bold(step_name(step)), f": answered wrong twice by {plural(people, 'newcomer')}")
+
+
+MISSED_TWICE_HEADING = "Topics the team could explain better (checks answered wrong twice):"

@@ -38,8 +38,11 @@ async def status(ctx: Ctx, user: str) -> Outcome:
     if info is None:
         return _not_enrolled(user)
     progress = await ctx.reader.load_progress(user)
+    answers = await ctx.reader.check_answers(user)
     return Outcome(
-        render_status(ctx.roadmap, info, progress, ctx.policy, ctx.now, prefix=ctx.prefix)
+        render_status(
+            ctx.roadmap, info, progress, ctx.policy, ctx.now, prefix=ctx.prefix, answers=answers
+        )
     )
 
 

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from bot import progress as rules
 from bot import texts
+from bot.commands.checks import ask, next_check
 from bot.commands.registry import (
     DURATION,
     STEP,
@@ -16,6 +17,7 @@ from bot.commands.registry import (
     Outcome,
     help_reply,
 )
+from bot.forecast import forecast
 from bot.markup import Message, text
 from bot.nudges import finished_message, pill
 from bot.ops import PAUSED_FOREVER, MarkFinishAnnounced, Send, SetPause, SetTimezone
@@ -31,7 +33,8 @@ def _after(ctx: Ctx, change: Change | None, lead: Message) -> Outcome:
     """Reply with `lead`, then the (new) current step."""
     after = rules.apply(ctx.progress, change, ctx.now) if change else ctx.progress
     render_current(lead, ctx.roadmap, after, ctx.prefix)
-    return Outcome(lead.reply(), (change,) if change else ())
+    shown = current_step(ctx.roadmap, after)
+    return Outcome(lead.reply(), (change,) if change else (), shows=shown.id if shown else None)
 
 
 @commands.command("help", "the commands you can use, one line each", aliases=("h",), enrolls=False)
@@ -97,7 +100,13 @@ def _finish(ctx: Ctx, step: Step | None, state: State) -> Outcome:
 @commands.command(
     "done", "mark the current (or named) step done, then see the next", args=[OPTIONAL_STEP]
 )
-def done(ctx: Ctx, step: Step | None) -> Outcome:
+async def done(ctx: Ctx, step: Step | None) -> Outcome:
+    target = step or current_step(ctx.roadmap, ctx.progress)
+    required = ctx.team.checks_required and target and target.checks
+    if required and target and not ctx.progress.state(target.id).finished:
+        index = next_check(target, await ctx.reader.check_answers(ctx.sender))
+        if index is not None:  # asked first; answered right, the step is done
+            return ask(ctx, target, index, Message().line(*texts.checks_first(target)))
     return _finish(ctx, step, State.DONE)
 
 
@@ -137,7 +146,9 @@ def goto(ctx: Ctx, step: Step) -> Outcome:
 
 @commands.command("progress", "what you have done so far, section by section")
 def progress(ctx: Ctx) -> Outcome:
-    return Outcome(render_progress(ctx.roadmap, ctx.progress))
+    tz = ctx.policy.zone_of(ctx.progress.timezone)
+    outlook = forecast(ctx.roadmap, ctx.progress, ctx.now, tz, ctx.policy.working_days)
+    return Outcome(render_progress(ctx.roadmap, ctx.progress, outlook))
 
 
 @commands.command("roadmap", "every section and step, with where you stand", aliases=("steps",))

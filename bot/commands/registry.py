@@ -18,7 +18,7 @@ from bot import texts
 from bot.markup import Message, Reply
 from bot.mentions import Resolved, resolve_users
 from bot.ops import Op, Send
-from bot.progress import ActivityEntry, Change, NewcomerInfo, Progress
+from bot.progress import ActivityEntry, Change, CheckAnswer, NewcomerInfo, OpenCheck, Progress
 from bot.render import render_candidates
 from bot.roadmap import Roadmap, Step, find_step
 from bot.team import Role, TeamState
@@ -47,6 +47,10 @@ class Reader(Protocol):
     async def count_newcomers(self) -> int: ...
 
     async def users_with_localpart(self, localpart: str) -> list[str]: ...
+
+    async def open_check(self, user_id: str) -> OpenCheck | None: ...
+
+    async def check_answers(self, user_id: str) -> list[CheckAnswer]: ...
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,17 @@ class TimezoneParser(Parser):
             raise UsageError(texts.bad_value(raw, exc.problem)) from None
 
 
+class NumberParser(Parser):
+    """A whole number, 1 or more."""
+
+    width, type = Width.WORD, int
+
+    async def parse(self, raw: str, ctx: Ctx) -> int:
+        if not raw.isdigit() or int(raw) < 1:
+            raise UsageError(texts.not_a_number(raw))
+        return int(raw)
+
+
 class FlagParser(Parser):
     width, type = Width.FLAG, bool
 
@@ -153,7 +168,7 @@ class PersonParser(Parser):
 
 
 STEP, TEXT, DURATION, TIMEZONE = StepParser(), TextParser(), DurationParser(), TimezoneParser()
-FLAG, PERSON = FlagParser(), PersonParser()
+FLAG, PERSON, NUMBER = FlagParser(), PersonParser(), NumberParser()
 
 
 @dataclass(frozen=True)
@@ -182,6 +197,7 @@ class Outcome:
     messages: tuple[Send, ...] = ()
     new_roadmap: Roadmap | None = None
     outcome: str = "ok"  # for metrics: ok, usage, refused, unknown, too_long
+    shows: str | None = None  # the step the reply shows its reader: reactions on it act on it
 
 
 Handler = Callable[..., Outcome | Awaitable[Outcome]]

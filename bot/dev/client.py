@@ -158,6 +158,11 @@ class MatrixUser:
         self._notice = notice or (lambda text: log.warning("%s: %s", user_id, text))
         self._inbox: defaultdict[str, asyncio.Queue[ReceivedMessage]] = defaultdict(asyncio.Queue)
         self._seen: defaultdict[str, list[str]] = defaultdict(list)
+        # Other events from others (reactions, polls), decrypted, as (type, content, sender,
+        # event id), in the order they arrived.
+        self._events: defaultdict[str, list[tuple[str, dict[str, Any], str, str]]] = defaultdict(
+            list
+        )
         self._undecrypted: dict[str, MegolmEvent] = {}
         self._tick = asyncio.Condition()
         self._sync_count = 0
@@ -358,6 +363,12 @@ class MatrixUser:
             )
             self._undecrypted[event.event_id] = event
         else:
+            source = getattr(event, "source", None)
+            sender = getattr(event, "sender", None)
+            if isinstance(source, dict) and sender != self.user_id:
+                kind = str(source.get("type", ""))
+                content = dict(source.get("content", {}))
+                self._events[room_id].append((kind, content, str(sender), str(event.event_id)))  # type: ignore[attr-defined]
             return
         self._seen[room_id].append(message.describe())
         if message.sender != self.user_id:
@@ -530,6 +541,35 @@ class MatrixUser:
             raise self.failure(f"{self.user_id} could not send to {room_id}: {response}")
         self._seen[room_id].append(f"{self.user_id}: {content.get('body')!r} (sent)")
         return str(response.event_id)
+
+    async def event_of(
+        self,
+        room_id: str,
+        event_type: str,
+        where: Callable[[dict[str, Any]], bool] = lambda content: True,
+        timeout: float = 15.0,
+    ) -> tuple[dict[str, Any], str, str]:
+        """The first event of `event_type` another user sent to `room_id` whose content
+        satisfies `where` (waiting up to `timeout`): its content, sender and event id."""
+
+        def found() -> tuple[dict[str, Any], str, str] | None:
+            for kind, content, sender, event_id in self._events[room_id]:
+                if kind == event_type and where(content):
+                    return content, sender, event_id
+            return None
+
+        await self._wait_until(
+            lambda: found() is not None,
+            timeout,
+            lambda: f"no {event_type} in {room_id} within {timeout}s: {self._events[room_id]}",
+        )
+        event = found()
+        assert event is not None
+        return event
+
+    def events(self, room_id: str, event_type: str) -> list[dict[str, Any]]:
+        """The contents of the events of `event_type` others sent to `room_id` so far."""
+        return [content for kind, content, _, _ in self._events[room_id] if kind == event_type]
 
     async def share_keys(self, room_id: str) -> None:
         """Make sure the room key will reach every device of every joined member.

@@ -25,6 +25,9 @@ const sdk = await import("matrix-js-sdk");
 const cryptoApi = await import("matrix-js-sdk/lib/crypto-api/index.js");
 const { logger } = await import("matrix-js-sdk/lib/logger.js");
 const { decodeRecoveryKey } = await import("matrix-js-sdk/lib/crypto-api/recovery-key.js");
+// The poll event types as js-sdk (and so Element) names them: UnstableValues, whose .name is the
+// unstable "org.matrix.msc3381.*" name Element sends, and whose .matches() accepts both names.
+const { M_POLL_START, M_POLL_RESPONSE, M_POLL_END } = await import("matrix-js-sdk/lib/@types/polls.js");
 logger.setLevel(process.env.ELEMENT_LOG_LEVEL ?? "info");
 
 const {
@@ -34,6 +37,7 @@ const {
     MatrixEventEvent,
     MsgType,
     Preset,
+    RelationType,
     RoomEvent,
     createClient,
 } = sdk;
@@ -76,6 +80,15 @@ let secretStorageKey = null;
 let live = false;
 // Per room: live messages from other users, in arrival order, each handed out once.
 const inbox = new Map();
+// Per room: live reactions, polls and poll ends from other users, and every encrypted event
+// (which may turn out to be one of those once decrypted), in arrival order. Kept, not consumed:
+// reactions_on and poll_ended look through them; next_poll hands out each poll once.
+const related = new Map();
+const RELATED_TYPES = new Set([
+    EventType.Reaction,
+    ...[M_POLL_START, M_POLL_END].flatMap((type) => [type.name, type.altName]),
+]);
+const pollsTaken = new Set();
 // Invitations already returned by wait_for_invite, so two waits return two different rooms.
 const invitesSeen = new Set();
 
@@ -332,6 +345,10 @@ function onTimeline(event, room, toStartOfTimeline, removed, data) {
     if (event.getSender() === userId) return;
     // getWireType: an encrypted event may not be decrypted yet, so its type is still unknown.
     const wire = event.getWireType();
+    if (wire === EventType.RoomMessageEncrypted || RELATED_TYPES.has(wire)) {
+        if (!related.has(room.roomId)) related.set(room.roomId, []);
+        related.get(room.roomId).push(event);
+    }
     if (wire !== EventType.RoomMessageEncrypted && wire !== EventType.RoomMessage) return;
     if (!inbox.has(room.roomId)) inbox.set(room.roomId, []);
     inbox.get(room.roomId).push(event);
@@ -417,6 +434,134 @@ async function nextMessage({ room_id, timeout_ms = 30_000, allow_timeout = false
     }
 }
 
+// ---------------------------------------------------------------------------- reactions and polls
+
+// An event whose decryption is over: plaintext, or decrypted. Still pending or failed: not yet
+// (js-sdk retries a failure when the missing key arrives; the waits below poll again).
+function readable(event) {
+    if (!event.isEncrypted()) return true;
+    if (event.isBeingDecrypted() || event.shouldAttemptDecryption()) return false;
+    return !event.isDecryptionFailure();
+}
+
+// Related events from others in the room, readable and not redacted, whose type `isType` takes.
+function relatedOf(roomId, isType) {
+    return (related.get(roomId) ?? []).filter(
+        (event) => readable(event) && !event.isRedacted() && isType(event.getType()),
+    );
+}
+
+// Element's reaction button: an m.reaction annotating the event. js-sdk sends reactions in the
+// clear even in an encrypted room (shouldEncryptEventForRoom), as Element does.
+async function sendReaction({ room_id, event_id, key }) {
+    const c = requireClient();
+    const { event_id: sent } = await c.sendEvent(room_id, EventType.Reaction, {
+        "m.relates_to": { rel_type: RelationType.Annotation, event_id, key },
+    });
+    return sent;
+}
+
+// The keys of the reactions `sender` put on `event_id`, in arrival order, once at least
+// `at_least` are there or the time is up (then whatever there is, maybe none). The relation is
+// read as Element reads it (MatrixEvent.getRelation: the m.relates_to of the event as sent, which
+// an encrypted event must carry in the clear for Element to show it under the message).
+async function reactionsOn({ room_id, event_id, sender, at_least = 1, timeout_ms = 15_000 }) {
+    requireClient();
+    const keys = () =>
+        relatedOf(room_id, (type) => type === EventType.Reaction)
+            .filter((event) => event.getSender() === sender)
+            .map((event) => event.getRelation())
+            .filter(
+                (rel) =>
+                    rel?.rel_type === RelationType.Annotation &&
+                    rel.event_id === event_id &&
+                    typeof rel.key === "string",
+            )
+            .map((rel) => rel.key);
+    const deadline = Date.now() + timeout_ms;
+    while (keys().length < at_least && Date.now() < deadline) await sleep(POLL_MS);
+    return keys();
+}
+
+// A poll start as Element reads it: MPollBody renders event.unstableExtensibleEvent when it
+// parses as a poll start (matrix-events-sdk's PollStartEvent); `renders` says whether it does.
+async function describePoll(event) {
+    let poll = null;
+    try {
+        const parsed = event.unstableExtensibleEvent;
+        if (parsed?.isEquivalentTo?.(M_POLL_START)) poll = parsed;
+    } catch (error) {
+        note(`poll ${event.getId()} does not parse as Element parses it:`, error?.message ?? error);
+    }
+    return {
+        room_id: event.getRoomId(),
+        event_id: event.getId(),
+        sender: event.getSender(),
+        type: event.getType(),
+        content: event.getContent(),
+        renders: poll !== null,
+        question: poll?.question?.text ?? null,
+        answers: (poll?.answers ?? []).map((answer) => ({ id: answer.id, text: answer.text ?? null })),
+        kind: poll?.rawKind ?? null,
+        max_selections: poll?.maxSelections ?? null,
+        encrypted: event.isEncrypted(),
+        shield: await shieldOf(event),
+        // js-sdk made its Poll model of it (what Element's poll tile reads votes and the end from).
+        poll_model: Boolean(client.getRoom(event.getRoomId())?.polls?.has(event.getId())),
+    };
+}
+
+// The next poll start from another user in the room, each handed out once.
+async function nextPoll({ room_id, timeout_ms = 30_000 }) {
+    requireClient();
+    const event = await waitUntil(
+        () => relatedOf(room_id, (type) => M_POLL_START.matches(type)).find((e) => !pollsTaken.has(e.getId())),
+        timeout_ms,
+        () => `no poll from another user in ${room_id}: ${roomSummary(room_id)}`,
+    );
+    pollsTaken.add(event.getId());
+    // The Poll model is made right after decryption; give js-sdk a moment to catch up.
+    const room = client.getRoom(room_id);
+    const until = Date.now() + 2_000;
+    while (!room?.polls?.has(event.getId()) && Date.now() < until) await sleep(POLL_MS);
+    return await describePoll(event);
+}
+
+// Tapping an answer in Element's poll tile: MPollBody sends
+// PollResponseEvent.from([answerId], pollId).serialize() (matrix-events-sdk), i.e. the unstable
+// names (an UnstableValue's .name) and an m.reference to the poll. Encrypted in an encrypted room.
+async function sendPollResponse({ room_id, poll_event_id, answer_id }) {
+    const c = requireClient();
+    const content = {
+        "m.relates_to": { rel_type: RelationType.Reference, event_id: poll_event_id },
+        [M_POLL_RESPONSE.name]: { answers: [answer_id] },
+    };
+    const { event_id } = await c.sendEvent(room_id, M_POLL_RESPONSE.name, content);
+    return event_id;
+}
+
+// Whether an end event from another user for the poll arrived (relation read as Element reads
+// it), waiting until it does or the time is up.
+async function pollEnded({ room_id, poll_event_id, timeout_ms = 15_000 }) {
+    requireClient();
+    const ended = () =>
+        relatedOf(room_id, (type) => M_POLL_END.matches(type)).some((event) => {
+            const rel = event.getRelation();
+            return rel?.rel_type === RelationType.Reference && rel.event_id === poll_event_id;
+        });
+    const deadline = Date.now() + timeout_ms;
+    while (!ended() && Date.now() < deadline) await sleep(POLL_MS);
+    if (!ended()) return false;
+    // Element's poll tile shows "Ended" from js-sdk's Poll model, which checks the end's sender.
+    const model = client.getRoom(room_id)?.polls?.get(poll_event_id);
+    if (model && !model.isEnded) {
+        const until = Date.now() + 2_000;
+        while (!model.isEnded && Date.now() < until) await sleep(POLL_MS);
+        if (!model.isEnded) note(`an end event for ${poll_event_id} arrived but js-sdk's Poll model is not ended`);
+    }
+    return true;
+}
+
 // How this client sees another user's devices: what decides key sharing and shields.
 // The trust fields are null for a user the crypto layer does not track (one we share no
 // encrypted room with): js-sdk then lists the devices from a one-off /keys/query but has no
@@ -482,6 +627,11 @@ const operations = {
     wait_for_invite: waitForInvite,
     send_text: sendText,
     next_message: nextMessage,
+    send_reaction: sendReaction,
+    reactions_on: reactionsOn,
+    next_poll: nextPoll,
+    send_poll_response: sendPollResponse,
+    poll_ended: pollEnded,
     user_devices: userDevices,
     verify_with_recovery_key: verifyWithRecoveryKey,
     stop,

@@ -28,6 +28,7 @@ __all__ = [
     "CLIENT_DIR",
     "ElementMessage",
     "ElementPerson",
+    "ElementPoll",
     "Isolation",
     "MakeElementPerson",
     "Shield",
@@ -96,6 +97,51 @@ class ElementMessage:
             decryption_failure=data["decryption_failure"],
             decryption_error=data.get("decryption_error"),
             shield=Shield(shield["colour"], shield["reason"]) if shield else None,
+        )
+
+
+@dataclass(frozen=True)
+class ElementPoll:
+    """A poll start (MSC3381) from another user, as Element reads it."""
+
+    room_id: str
+    event_id: str
+    sender: str
+    #: The event type once decrypted (``org.matrix.msc3381.poll.start`` as Element sends it).
+    type: str
+    #: The (decrypted) content as sent.
+    content: dict[str, Any] = field(hash=False)
+    #: Element's poll tile would render it: it parses as matrix-events-sdk's PollStartEvent.
+    renders: bool
+    #: As parsed by Element (None / empty unless ``renders``).
+    question: str | None
+    #: ``{"id": ..., "text": ...}`` for each answer, in order.
+    answers: tuple[dict[str, str], ...] = field(hash=False)
+    #: The raw poll kind (``org.matrix.msc3381.poll.disclosed``, ...) and max selections.
+    kind: str | None
+    max_selections: int | None
+    encrypted: bool
+    shield: Shield | None
+    #: js-sdk built its Poll model for it (what Element's tile reads votes and the end from).
+    poll_model: bool
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ElementPoll:
+        shield = data.get("shield")
+        return cls(
+            room_id=data["room_id"],
+            event_id=data["event_id"],
+            sender=data["sender"],
+            type=data["type"],
+            content=dict(data["content"]),
+            renders=bool(data["renders"]),
+            question=data["question"],
+            answers=tuple(dict(a) for a in data["answers"]),
+            kind=data["kind"],
+            max_selections=data["max_selections"],
+            encrypted=bool(data["encrypted"]),
+            shield=Shield(shield["colour"], shield["reason"]) if shield else None,
+            poll_model=bool(data["poll_model"]),
         )
 
 
@@ -374,6 +420,72 @@ class ElementPerson:
                 f"{self._label} expected no more messages in {room_id}, but got "
                 f"{extra.sender}: {extra.body or extra.decryption_failure!r}"
             )
+
+    # ------------------------------------------------- reactions and polls
+
+    async def send_reaction(
+        self, room_id: str, event_id: str, key: str, timeout: float = 30.0
+    ) -> str:
+        """React to ``event_id`` with ``key`` as Element does (an ``m.reaction`` annotation,
+        sent in the clear even in an encrypted room, as js-sdk does); return its event id."""
+        return str(
+            await self._call("send_reaction", timeout, room_id=room_id, event_id=event_id, key=key)
+        )
+
+    async def reactions_on(
+        self,
+        room_id: str,
+        event_id: str,
+        sender: str,
+        *,
+        at_least: int = 1,
+        timeout: float = 15.0,
+    ) -> list[str]:
+        """The keys of the reactions ``sender`` put on ``event_id`` (decrypted where encrypted),
+        in arrival order, once at least ``at_least`` arrived or ``timeout`` passed (then what
+        there is, maybe nothing: this wait does not fail)."""
+        keys = await self._call(
+            "reactions_on",
+            timeout,
+            room_id=room_id,
+            event_id=event_id,
+            sender=sender,
+            at_least=at_least,
+            timeout_ms=_ms(timeout),
+        )
+        return [str(key) for key in keys]
+
+    async def next_poll(self, room_id: str, timeout: float = 30.0) -> ElementPoll:
+        """The next poll start another user sent to ``room_id`` (each returned once)."""
+        data = await self._call("next_poll", timeout, room_id=room_id, timeout_ms=_ms(timeout))
+        return ElementPoll.from_json(data)
+
+    async def send_poll_response(
+        self, room_id: str, poll_event_id: str, answer_id: str, timeout: float = 30.0
+    ) -> str:
+        """Tap answer ``answer_id`` in the poll, as Element's poll tile does (a
+        ``org.matrix.msc3381.poll.response`` referencing it); return its event id."""
+        return str(
+            await self._call(
+                "send_poll_response",
+                timeout,
+                room_id=room_id,
+                poll_event_id=poll_event_id,
+                answer_id=answer_id,
+            )
+        )
+
+    async def poll_ended(self, room_id: str, poll_event_id: str, timeout: float = 15.0) -> bool:
+        """Whether an end event from another user for the poll arrived within ``timeout``."""
+        return bool(
+            await self._call(
+                "poll_ended",
+                timeout,
+                room_id=room_id,
+                poll_event_id=poll_event_id,
+                timeout_ms=_ms(timeout),
+            )
+        )
 
 
 def _ms(seconds: float) -> int:

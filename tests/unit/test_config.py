@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bot.app import nudge_policy
 from bot.config import ConfigError, load_config
 from bot.secret_storage import encode_recovery_key, new_key
 from bot.timeutil import parse_duration
@@ -156,6 +157,30 @@ def test_the_manual_nudge_cooldown_is_a_duration_of_an_hour_by_default(write_yam
         load_config(path, environ={})
     [line] = problem_lines(exc)
     assert line.startswith(f"{path}: nudges.manual_cooldown: ")
+
+
+def test_behind_pace_after_is_a_duration_of_five_days_by_default(write_yaml) -> None:
+    data = minimal(password="x")
+    config = load_config(write_yaml(data, "a.yaml"), environ={})
+    assert config.nudges.behind_pace_after == timedelta(days=5)
+    assert nudge_policy(config).behind_pace_after == timedelta(days=5)
+    assert load_config(EXAMPLE, environ={}).nudges.behind_pace_after == timedelta(days=5)
+
+    data["nudges"] = {"behind_pace_after": "1w"}
+    config = load_config(write_yaml(data, "b.yaml"), environ={})
+    assert config.nudges.behind_pace_after == timedelta(weeks=1)
+    assert nudge_policy(config).behind_pace_after == timedelta(weeks=1)
+
+    for bad, problem in (
+        ("5 days", "'5 days' is not a duration like 30s, 45m, 12h, 3d or 1w"),
+        ("0d", "'0d' must be more than zero"),
+    ):
+        data["nudges"] = {"behind_pace_after": bad}
+        path = write_yaml(data, "c.yaml")
+        with pytest.raises(ConfigError) as exc:
+            load_config(path, environ={})
+        [line] = problem_lines(exc)
+        assert line.startswith(f"{path}: nudges.behind_pace_after: {problem}")
 
 
 @pytest.mark.parametrize("text", ["3 days", "", "-1d", "0s", "3", "d", "3y"])

@@ -175,6 +175,7 @@ def reasons(
     paused: bool = False,
     timezone: str | None = None,
     policy: NudgePolicy = POLICY,
+    behind: timedelta | None = None,
 ) -> list[str]:
     return attention_reasons(
         policy,
@@ -185,6 +186,7 @@ def reasons(
         finished=finished,
         paused=paused,
         now=now,
+        behind=behind,
     )
 
 
@@ -230,6 +232,26 @@ def test_idle_reason_uses_the_newcomers_time_zone() -> None:
     friday, tuesday = berlin(6, 18), berlin(10, 17)
     assert reasons(friday, tuesday) == ["idle 1 working day"]
     assert reasons(friday, tuesday, timezone="Asia/Tokyo") == ["idle 2 working days"]
+
+
+def test_behind_pace_is_a_reason_past_the_threshold_only() -> None:
+    busy = berlin(4, 9), berlin(4, 15)
+    assert POLICY.behind_pace_after == timedelta(days=5)  # the default
+    assert reasons(*busy, behind=timedelta(days=5)) == []  # at it: not more than it
+    assert reasons(*busy, behind=timedelta(days=5, minutes=1)) == ["behind pace by 5 working days"]
+    assert reasons(*busy, behind=timedelta(days=8, hours=20)) == ["behind pace by 8 working days"]
+    assert reasons(*busy, behind=-timedelta(days=9)) == []  # ahead
+    assert reasons(*busy, behind=None) == []  # no forecast to go on
+
+
+def test_behind_pace_follows_the_policy_and_waits_out_a_pause() -> None:
+    policy = replace(POLICY, behind_pace_after=timedelta(hours=12))
+    busy = berlin(4, 9), berlin(4, 15)
+    assert reasons(*busy, policy=policy, behind=timedelta(hours=14)) == ["behind pace by 14 h"]
+    assert reasons(*busy, policy=policy, behind=timedelta(hours=14), paused=True) == []
+    assert reasons(*busy, policy=policy, behind=timedelta(days=9), finished=True) == []
+    idle = reasons(berlin(2, 10), berlin(5, 10), policy=policy, behind=2 * timedelta(days=1))
+    assert idle == ["idle 3 working days", "behind pace by 2 working days"]
 
 
 # --- messages ----------------------------------------------------------------------------

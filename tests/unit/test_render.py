@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
 from bot import texts
+from bot.forecast import Forecast
 from bot.markup import Bold, Code, Link, Message, echo, text
 from bot.ops import PAUSED_FOREVER
 from bot.progress import NewcomerInfo, Progress, State
@@ -135,6 +137,50 @@ def test_roadmap_view_marks_states_and_the_current_step(roadmap: Roadmap) -> Non
     assert "• ◐ 11.1 Docker [docker] ← current" in lines
     assert "• ○ 1.3 Web Server [web-server]" in lines
     assert sum("← current" in line for line in lines) == 1
+
+
+# --- the pace forecast in !progress ----------------------------------------------------------
+
+
+def outlook(**changes: object) -> Forecast:
+    """Wednesday 1 April 2026; done around Tuesday 14 April at this pace, Friday 10 by the
+    estimates alone."""
+    base = Forecast(
+        today=date(2026, 4, 1),
+        elapsed=timedelta(days=6),
+        done=timedelta(days=5),
+        remaining=timedelta(days=7),
+        expected=date(2026, 4, 10),
+        pace=1.2,
+        finish=date(2026, 4, 14),
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_progress_says_when_the_newcomer_finishes_at_their_pace(roadmap: Roadmap) -> None:
+    progress = Progress("@n:example.org", current_id="docker")
+    reply = render_progress(roadmap, progress, outlook())
+    assert reply.body.splitlines()[-2:] == [
+        "Current step: 11.1 Docker",
+        "📅 Going by the estimates, at your pace you'll finish around Tue 14 Apr.",
+    ]
+    assert "finish around <strong>Tue 14 Apr</strong>.</p>" in reply.html
+    next_year = render_progress(roadmap, progress, outlook(finish=date(2027, 1, 5))).body
+    assert next_year.endswith("you'll finish around Tue 5 Jan 2027.")
+
+
+def test_progress_without_a_pace_or_a_forecast(roadmap: Roadmap) -> None:
+    progress = Progress("@n:example.org", current_id="docker")
+    unknown = render_progress(roadmap, progress, outlook(pace=None, finish=None)).body
+    assert unknown.splitlines()[-1] == (
+        "📅 When you'll finish: not enough to go on yet; ask again once you've done a step."
+    )
+    too_far = render_progress(roadmap, progress, outlook(finish=None)).body
+    assert too_far.splitlines()[-1] == (
+        "📅 At your pace so far, the finish is too far off to put a date on."
+    )
+    # No forecast (finished, or none asked for): the view ends with the current step.
+    assert render_progress(roadmap, progress).body.splitlines()[-1] == "Current step: 11.1 Docker"
 
 
 # --- the command prefix ----------------------------------------------------------------------

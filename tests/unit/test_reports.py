@@ -144,6 +144,57 @@ def test_status_of_a_paused_newcomer_says_until_when(roadmap: Roadmap) -> None:
     assert "• Paused: no" in body
 
 
+# --- the pace forecast in render_status ---------------------------------------------------
+
+
+def test_status_of_a_newcomer_behind_pace(roadmap: Roadmap) -> None:
+    # Only three steps left on their roadmap (2d, 1d, 2d), the first done; enrolled Monday 23
+    # February 10:00 in Berlin: 8 working days and an hour to NOW, for 2 days of estimate.
+    keep = {"bash-terminal", "basic-internet", "web-server"}
+    states = {s.id: State.SKIPPED for s in roadmap if s.id not in keep}
+    progress = Progress(
+        "@slow:example.org",
+        enrolled_at=at(2, 9) - timedelta(weeks=1),
+        current_id="basic-internet",
+        states=states | {"bash-terminal": State.DONE},
+    )
+    slow = info("@slow:example.org", at(5, 8), enrolled_at=progress.enrolled_at, done=1, skipped=49)
+    body = render_status(roadmap, slow, progress, POLICY, NOW).body
+    assert lines(body)[0] == "⚠ Needs attention: behind pace by 6 working days"
+    # 3 days left at 4.02 working days each: 12.06 working days from Thursday 11:00.
+    assert "• Finish: around Mon 23 Mar at their pace; Mon 2 Mar by the estimates alone" in body
+    assert lines(body)[-1] == "• Pace: behind by 6 working days"
+
+    tolerant = replace(POLICY, behind_pace_after=timedelta(days=7))
+    assert lines(render_status(roadmap, slow, progress, tolerant, NOW).body)[0] == "✓ On track."
+
+
+def test_status_of_a_newcomer_ahead_and_of_one_without_a_pace(roadmap: Roadmap) -> None:
+    # 5 days of estimate done in 3 working days and an hour.
+    done = {"bash-terminal": State.DONE, "basic-internet": State.DONE, "web-server": State.DONE}
+    quick = Progress("@quick:example.org", enrolled_at=at(2, 9), states=done)
+    body = render_status(roadmap, info(quick.user_id, at(5, 8), done=3), quick, POLICY, NOW).body
+    assert lines(body)[0] == "✓ On track."
+    assert "• Finish: around " in body and "• Pace: ahead by 1 working day" in body
+
+    fresh = Progress("@fresh:example.org", enrolled_at=at(2, 9))
+    body = render_status(roadmap, info(fresh.user_id, at(5, 8)), fresh, POLICY, NOW).body
+    assert lines(body)[-2:] == [
+        # 83.75 working days of estimate from Monday 2 March 10:00 in Berlin.
+        "• Finish: not enough to go on yet; Fri 26 Jun by the estimates alone",
+        "• Pace: behind by 3 working days",
+    ]
+
+
+def test_status_of_a_finished_newcomer_has_no_forecast(roadmap: Roadmap) -> None:
+    progress = Progress(
+        "@done:example.org", enrolled_at=at(2, 9), states={s.id: State.DONE for s in roadmap}
+    )
+    done = info("@done:example.org", at(2, 9), finished_at=at(3, 12), done=52)
+    body = render_status(roadmap, done, progress, POLICY, NOW).body
+    assert "Finish:" not in body and "Pace:" not in body
+
+
 # --- render_history ----------------------------------------------------------------------
 
 

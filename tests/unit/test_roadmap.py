@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bot.roadmap import Roadmap, RoadmapError, load_roadmap
+from bot.roadmap import Check, Roadmap, RoadmapError, load_roadmap
 
 # The team's own document, which roadmap.yaml encodes; kept in the repository beside it.
 SOURCE_FILE = Path(__file__).resolve().parents[2] / "docs" / "roadmap-source.md"
@@ -258,3 +258,141 @@ def test_duplicate_step_number_is_reported(write_yaml, small_data) -> None:
     with pytest.raises(RoadmapError) as exc:
         load_roadmap(path)
     assert has_line(problems(exc), str(path), "step a-two", "duplicate step number 1.1")
+
+
+# --- knowledge checks ----------------------------------------------------------------------
+
+
+def a_check(**changes: Any) -> dict[str, Any]:
+    """A valid check as the file writes it (answer counted from 1), with some keys changed."""
+    check: dict[str, Any] = {
+        "question": "Which status code means Created?",
+        "options": ["200", "201", "204"],
+        "answer": 2,
+        "explain": "201 Created, usually with a Location header naming the new resource.",
+    }
+    check.update(changes)
+    return check
+
+
+def test_checks_are_read_with_the_answer_counted_from_0(write_yaml, small_data) -> None:
+    step(small_data, "a-one")["checks"] = [a_check(), a_check(question="Second?", answer=3)]
+    loaded = load_roadmap(write_yaml(small_data))
+    assert loaded.steps[0].checks == (
+        Check(
+            question="Which status code means Created?",
+            options=("200", "201", "204"),
+            answer=1,
+            explain="201 Created, usually with a Location header naming the new resource.",
+        ),
+        Check("Second?", ("200", "201", "204"), 2, a_check()["explain"]),
+    )
+    assert loaded.steps[1].checks == ()
+
+
+def test_checks_are_optional_and_may_be_empty(write_yaml, small_data) -> None:
+    step(small_data, "a-one")["checks"] = []
+    loaded = load_roadmap(write_yaml(small_data))
+    assert all(s.checks == () for s in loaded)
+
+
+def test_check_limits_are_inclusive(write_yaml, small_data) -> None:
+    five = [f"option {n}" for n in range(1, 5)] + ["x" * 120]
+    step(small_data, "a-one")["checks"] = [
+        a_check(options=["yes", "no"], answer=1),
+        a_check(options=five, answer=5, explain="e" * 200),
+    ]
+    loaded = load_roadmap(write_yaml(small_data))
+    assert [(c.answer, len(c.options)) for c in loaded.steps[0].checks] == [(0, 2), (4, 5)]
+
+
+@pytest.mark.parametrize(
+    ("check", "message"),
+    [
+        pytest.param("Which?", "must be a mapping with question, options, answer and explain"),
+        pytest.param(a_check(hint="x"), "unknown key 'hint' (allowed: answer, explain, options"),
+        pytest.param(a_check(question=None), "missing question", id="no-question"),
+        pytest.param(a_check(question="  "), "missing question", id="blank-question"),
+        pytest.param(a_check(question="Two\nlines?"), "question must be a single line"),
+        pytest.param(a_check(explain=None), "missing explain", id="no-explain"),
+        pytest.param(a_check(explain="One.\nTwo."), "explain must be a single line"),
+        pytest.param(a_check(explain="e" * 201), "explain is 201 characters long (at most 200)"),
+        pytest.param(a_check(options=None), "missing options (a list of 2 to 5 choices)"),
+        pytest.param(a_check(options="200, 201"), "options must be a list of 2 to 5 choices"),
+        pytest.param(a_check(options=["201"], answer=1), "options must have 2 to 5 choices, not 1"),
+        pytest.param(a_check(options=list("abcdef")), "options must have 2 to 5 choices, not 6"),
+        pytest.param(a_check(options=["200", " ", "204"]), "option 2 is empty"),
+        pytest.param(a_check(options=["200", 201, "204"]), "option 2 must be text, not int"),
+        pytest.param(a_check(options=["200", True, "204"]), "option 2 must be text, not bool"),
+        pytest.param(a_check(options=["200", None, "204"]), "option 2 must be text, not nothing"),
+        pytest.param(a_check(options=["200", "2\n01", "204"]), "option 2 must be a single line"),
+        pytest.param(
+            a_check(options=["200", "x" * 121, "204"]),
+            "option 2 is 121 characters long (at most 120)",
+        ),
+        pytest.param(a_check(options=["OK", "Created", "ok"]), "option 3 repeats option 1: 'ok'"),
+        pytest.param(
+            a_check(answer=None), "missing answer (the right option's number, from 1 to 3)"
+        ),
+        pytest.param(a_check(answer=0), "answer 0 must be the right option's number, from 1 to 3"),
+        pytest.param(a_check(answer=4), "answer 4 must be the right option's number, from 1 to 3"),
+        pytest.param(a_check(answer="2"), "answer '2' must be the right option's number"),
+        pytest.param(a_check(answer=2.0), "answer 2.0 must be the right option's number"),
+        pytest.param(a_check(answer=True), "answer True must be the right option's number"),
+        pytest.param(
+            a_check(options=None, answer=-1),
+            "answer -1 must be the right option's number, counting",
+        ),
+    ],
+)
+def test_a_bad_check_is_named_with_its_problem(
+    write_yaml, small_data, check: Any, message: str
+) -> None:
+    step(small_data, "a-three")["checks"] = [a_check(), check]
+    path = write_yaml(small_data)
+    with pytest.raises(RoadmapError) as exc:
+        load_roadmap(path)
+    assert has_line(problems(exc), str(path), "step a-three, check 2: ", message)
+    assert not has_line(problems(exc), "check 1")
+
+
+def test_checks_that_are_not_a_list_are_named(write_yaml, small_data) -> None:
+    step(small_data, "a-two")["checks"] = a_check()
+    path = write_yaml(small_data)
+    with pytest.raises(RoadmapError) as exc:
+        load_roadmap(path)
+    assert problems(exc) == [f"{path}: step a-two: checks must be a list"]
+
+
+def test_every_problem_of_a_check_is_reported(write_yaml, small_data) -> None:
+    step(small_data, "b-one")["checks"] = [a_check(question=None, options=["a", "a"], answer=3)]
+    path = write_yaml(small_data)
+    with pytest.raises(RoadmapError) as exc:
+        load_roadmap(path)
+    assert [line.split(": ", 2)[2] for line in problems(exc)] == [
+        "missing question",
+        "option 2 repeats option 1: 'a'",
+        "answer 3 must be the right option's number, from 1 to 2",
+    ]
+
+
+def test_every_step_of_the_real_roadmap_has_two_checks_or_more(roadmap: Roadmap) -> None:
+    assert [s.id for s in roadmap if len(s.checks) < 2] == []
+
+
+def test_real_roadmap_spreads_the_right_answers_over_the_options(roadmap: Roadmap) -> None:
+    checks = [c for s in roadmap for c in s.checks]
+    positions = Counter(c.answer for c in checks)
+    assert max(positions.values()) <= 0.6 * len(checks), positions
+    assert {0, 1, 2} <= set(positions), positions
+
+
+def test_real_roadmap_never_asks_the_same_question_twice(roadmap: Roadmap) -> None:
+    questions = Counter(" ".join(c.question.casefold().split()) for s in roadmap for c in s.checks)
+    assert [q for q, n in questions.items() if n > 1] == []
+
+
+def test_real_roadmap_checks_offer_no_catch_all_options(roadmap: Roadmap) -> None:
+    catch_all = re.compile(r"\b(all|none) of the (above|these)\b", re.IGNORECASE)
+    options = [o for s in roadmap for c in s.checks for o in c.options]
+    assert [o for o in options if catch_all.search(o)] == []
