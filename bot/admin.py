@@ -72,7 +72,8 @@ async def status(config: Config, roadmap: Roadmap, user_id: str | None) -> str:
         step_ids = [s.id for s in roadmap]
         if user_id is None:
             infos = await store.newcomers(step_ids)
-            return render_team(roadmap, infos, policy, now).body + "\n"
+            states = await store.states_of(i.user_id for i in infos)
+            return render_team(roadmap, infos, policy, now, states=states).body + "\n"
         found = await store.newcomers(step_ids, user_id)
         if not found:
             raise LookupError(f"{user_id} has not enrolled in the roadmap")

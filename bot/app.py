@@ -24,7 +24,7 @@ from bot.health import HealthServer
 from bot.matrix import MatrixBot
 from bot.metrics import Metrics
 from bot.nudges import NudgePolicy
-from bot.reports import reasons_for
+from bot.reports import team_reasons
 from bot.roadmap import Roadmap, load_roadmap
 from bot.scheduler import DIGEST, NUDGES, PRUNE, PRUNE_TRIGGER, Jobs, Scheduler
 from bot.store import Store
@@ -106,7 +106,8 @@ class Gauges:
         team = self.team.state
         infos = await self.store.newcomers([s.id for s in team.roadmap])
         finished = sum(1 for i in infos if i.finished_at)
-        attention = sum(1 for i in infos if reasons_for(i, team.policy, now))
+        states = await self.store.states_of(i.user_id for i in infos)
+        attention = sum(1 for i in infos if team_reasons(team.roadmap, i, team.policy, now, states))
         self.metrics.newcomers.labels("enrolled").set(len(infos))
         self.metrics.newcomers.labels("finished").set(finished)
         self.metrics.newcomers.labels("needs_attention").set(attention)

@@ -238,6 +238,10 @@ class MatrixBot:
             raise Retry(f"sync error: {resp.status_code} {resp.message}")
         assert isinstance(resp, SyncResponse)
         backoff.reset()
+        # The homeserver answered: healthy from here (before READY, which /healthz must agree
+        # with); the storage of what it brought is judged by the store's own fault.
+        self.last_sync_ok = time.monotonic()
+        self.sync_failing = False
         if full_state:
             # Before the commands that waited for the bot: a mentor's needs the room.
             await self.join_team_room()
@@ -247,8 +251,6 @@ class MatrixBot:
             self._mentors_by_power()
         # Committed with the token that moves past them.
         await self._handle_inbox(str(resp.next_batch), send_ahead=send_ahead)
-        self.last_sync_ok = time.monotonic()
-        self.sync_failing = False
         self._storage_backoff.reset()
         if self.key_store_fault is not None:
             log.warning("nio's key store works again: %s is cleared", self.key_store_fault.reason)

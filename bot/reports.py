@@ -13,7 +13,14 @@ from bot.forecast import Forecast, forecast
 from bot.markup import Code, Inline, Message, Reply
 from bot.nudges import NudgePolicy, attention_reasons
 from bot.ops import PAUSED_FOREVER
-from bot.progress import ActivityEntry, CheckAnswer, NewcomerInfo, Progress, current_step
+from bot.progress import (
+    ActivityEntry,
+    CheckAnswer,
+    NewcomerInfo,
+    Progress,
+    State,
+    current_step,
+)
 from bot.render import section_bars
 from bot.roadmap import Roadmap
 
@@ -55,6 +62,23 @@ def reasons_for(
         now=now,
         behind=outlook.behind if outlook else None,
     )
+
+
+States = Mapping[str, Mapping[str, State]]  # newcomer -> step id -> state
+
+
+def team_reasons(
+    roadmap: Roadmap, info: NewcomerInfo, policy: NudgePolicy, now: datetime, states: States
+) -> list[str]:
+    """`reasons_for` a row of a team view, behind pace included (from the step states)."""
+    progress = Progress(
+        info.user_id,
+        enrolled_at=info.enrolled_at,
+        current_id=info.current_step,
+        states=states.get(info.user_id, {}),
+    )
+    tz = policy.zone_of(info.timezone)
+    return reasons_for(info, policy, now, forecast(roadmap, progress, now, tz, policy.working_days))
 
 
 def render_status(
@@ -134,8 +158,10 @@ def render_team(
     policy: NudgePolicy,
     now: datetime,
     total: int | None = None,
+    states: States | None = None,
 ) -> Reply:
-    """`infos` may be the first rows of `total`, in team order already or not."""
+    """`infos` may be the first rows of `total`, in team order already or not; `states`: their
+    step states, for the pace (without them, being behind pace is no reason)."""
     if not infos:
         return Message().line(texts.TEAM_EMPTY).reply()
     total = max(total or 0, len(infos))
@@ -144,7 +170,11 @@ def render_team(
     for info in team_order(infos):
         step = roadmap.get(info.current_step)
         tz = policy.zone_of(info.timezone)
-        reasons = reasons_for(info, policy, now)
+        reasons = (
+            team_reasons(roadmap, info, policy, now, states)
+            if states is not None
+            else reasons_for(info, policy, now)
+        )
         rows.append(
             [
                 info.user_id,
@@ -174,6 +204,7 @@ def render_digest(
     *,
     prefix: str = "!",
     missed_twice: Mapping[str, int] | None = None,
+    states: States | None = None,
 ) -> Reply:
     """`prefix`: the chat's command prefix, for the commands the digest names; `missed_twice`:
     step id -> newcomers who answered a check of it wrong twice this week."""
@@ -181,7 +212,12 @@ def render_digest(
     finished = [i for i in infos if i.finished_at and i.finished_at >= since]
 
     def stuck_reasons(i: NewcomerInfo) -> list[str]:
-        return [r for r in reasons_for(i, policy, now) if r != texts.NO_MENTOR]
+        reasons = (
+            team_reasons(roadmap, i, policy, now, states)
+            if states is not None
+            else reasons_for(i, policy, now)
+        )
+        return [r for r in reasons if r != texts.NO_MENTOR]
 
     stuck = [
         i

@@ -118,6 +118,7 @@ class Jobs:
         infos = await self.store.newcomers([s.id for s in team.roadmap])
         done = await self.store.progress_since(since)
         missed = await self.store.steps_missed_twice(since)
+        states = await self.store.states_of(i.user_id for i in infos)
         content = render_digest(
             team.roadmap,
             infos,
@@ -127,6 +128,7 @@ class Jobs:
             since,
             prefix=self.prefix,
             missed_twice=missed,
+            states=states,
         ).content()
         key = f"digest/{now.date().isoformat()}"
         if team.team_room:

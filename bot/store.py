@@ -883,6 +883,18 @@ class Store:
         r = rows[0]
         return OpenCheck(r["step_id"], r["check_index"], r["room_id"], r["poll"])
 
+    async def states_of(self, user_ids: Iterable[str]) -> dict[str, dict[str, State]]:
+        """The step states of several newcomers at once (for the pace in team views)."""
+        rows = await self._read(
+            "SELECT user_id, step_id, state FROM progress "
+            "WHERE user_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(user_ids)),),
+        )
+        states: dict[str, dict[str, State]] = {}
+        for r in rows:
+            states.setdefault(r["user_id"], {})[r["step_id"]] = State(r["state"])
+        return states
+
     async def check_answers(self, user_id: str) -> list[CheckAnswer]:
         """Every answer `user_id` gave to a knowledge check, oldest first."""
         rows = await self._read(

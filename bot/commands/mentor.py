@@ -71,7 +71,8 @@ async def history(ctx: Ctx, user: str) -> Outcome:
 async def team(ctx: Ctx) -> Outcome:
     infos = await ctx.reader.newcomers([s.id for s in ctx.roadmap], limit=TEAM_ROWS)
     total = await ctx.reader.count_newcomers()
-    return Outcome(render_team(ctx.roadmap, infos, ctx.policy, ctx.now, total))
+    states = await ctx.reader.states_of(i.user_id for i in infos)
+    return Outcome(render_team(ctx.roadmap, infos, ctx.policy, ctx.now, total, states))
 
 
 @commands.command(

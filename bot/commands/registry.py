@@ -18,7 +18,15 @@ from bot import texts
 from bot.markup import Message, Reply
 from bot.mentions import Resolved, resolve_users
 from bot.ops import Op, Send
-from bot.progress import ActivityEntry, Change, CheckAnswer, NewcomerInfo, OpenCheck, Progress
+from bot.progress import (
+    ActivityEntry,
+    Change,
+    CheckAnswer,
+    NewcomerInfo,
+    OpenCheck,
+    Progress,
+    State,
+)
 from bot.render import render_candidates
 from bot.roadmap import Roadmap, Step, find_step
 from bot.team import Role, TeamState
@@ -51,6 +59,8 @@ class Reader(Protocol):
     async def open_check(self, user_id: str) -> OpenCheck | None: ...
 
     async def check_answers(self, user_id: str) -> list[CheckAnswer]: ...
+
+    async def states_of(self, user_ids: Iterable[str]) -> dict[str, dict[str, State]]: ...
 
 
 @dataclass(frozen=True)

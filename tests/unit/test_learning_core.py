@@ -4,14 +4,14 @@ dispatcher and store around them (marks, open checks, answers, required checks).
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from bot.app import build_dispatcher, nudge_policy
 from bot.config import Config
 from bot.dispatch import Dispatcher, Incoming
 from bot.ops import Mark
 from bot.polls import POLL_END, POLL_START, TEXT, poll_start, poll_vote
-from bot.reports import render_digest, render_status, right_first_time
+from bot.reports import render_digest, render_status, render_team, right_first_time
 from bot.roadmap import Check, Roadmap
 from bot.shortcuts import SHORTCUTS, command_for, shortcut_reactions
 from bot.store import OutboxItem, Store
@@ -190,3 +190,17 @@ async def test_mentors_see_checks_right_first_time_and_topics_missed_twice(
     digest = render_digest(roadmap, [], {}, policy, AT, AT, missed_twice={"bash-terminal": 1}).body
     assert "Topics the team could explain better" in digest
     assert "1.1 Bash/Terminal: answered wrong twice by 1 newcomer" in digest
+
+
+async def test_team_views_flag_a_newcomer_behind_pace(store: Store, roadmap: Roadmap) -> None:
+    say = Say(dispatcher(store, roadmap))
+    await say("!start")  # enrolled at AT; nothing done for five weeks
+    policy = dispatcher(store, roadmap).team.state.policy
+    later = AT + timedelta(weeks=5)
+    infos = await store.newcomers([s.id for s in roadmap])
+    states = await store.states_of([NEWCOMER])
+    flagged = render_team(roadmap, infos, policy, later, states=states).body
+    assert "behind pace" in flagged
+    assert "behind pace" not in render_team(roadmap, infos, policy, later).body
+    digest = render_digest(roadmap, infos, {}, policy, later, later, states=states).body
+    assert "behind pace" in digest
