@@ -5,7 +5,8 @@ as the dev kit's Matrix clients (matrix-nio, E2E-capable, cross-signed as Elemen
 each with a direct chat of their own with each bot, unencrypted or encrypted. Latency is command
 sent -> reply received (the person's sync delivers it). The echo bot is the floor any
 matrix-nio bot on this machine pays; the ratios are the bot's own overhead. Three patterns, each
-in both kinds of room, the two bots measured in the same run so that drift hits both alike:
+in both kinds of room, the two bots measured in the same run so that drift hits both alike, and
+a fourth of the bot alone:
 
 - back to back: one person sends the next command as soon as the reply is in, to each bot in
   turn (ABBA order);
@@ -15,11 +16,18 @@ in both kinds of room, the two bots measured in the same run so that drift hits 
   second apart (the bots are idle in between all the same), which halves the run;
 - 20 paced: 20 people each send one command a second, staggered evenly across the second, so a
   bot gets 20 a second, one from each. The bots take turns of 2 seconds (ABBA), so the
-  homeserver carries one bot's crowd at a time.
+  homeserver carries one bot's crowd at a time;
+- paced reaction (the bot only: the echo bot has no reaction shortcuts): each room kind's person
+  sends `!next` to the bot once a second and, half a second later, reacts ✅ on its reply; the
+  bot answers that as `!done <the step shown>`, in reply to the message reacted to. Each
+  reaction is timed until that reply arrives and set against the command's round trip (issue
+  13: a reaction is answered as fast as the command it stands for). The two room kinds go at
+  once, a quarter second apart; each ✅ walks a step, 40 of the roadmap's 52.
 
-Run: .venv/bin/python -m bench.latency [--n 50] [--paced-rounds 40] [--crowd 20] [--quick]
-No assertions: machines are shared and noisy. Targets (issue 11): ratio of medians <= 1.05 and
-ratio of p95s <= 1.10 in every pattern.
+Run: .venv/bin/python -m bench.latency [--n 50] [--paced-rounds 40] [--reaction-rounds 38]
+[--crowd 20] [--quick]
+No assertions: machines are shared and noisy. Targets (issues 11, 13): ratio of medians <= 1.05
+and ratio of p95s <= 1.10 in every pattern (bot against echo bot; reaction against command).
 """
 
 from __future__ import annotations
@@ -33,40 +41,62 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from bench._common import ECHO_READY, READY_POLL_S, REPO, Summary, bench_bot, synapse_at
 from bot.cross_signing import CrossSigningKeys
-from bot.dev.client import MatrixUser, MatrixUserError
+from bot.dev.client import MatrixUser, MatrixUserError, ReceivedMessage
 from bot.dev.process import spawn, stop_process, wait_for_log
 from bot.dev.synapse import DevSynapse
 
 TARGET_MEDIAN = 1.05
 TARGET_P95 = 1.10
 COMMAND = "!next"
+REACTION = "✅"  # the shortcut for `!done <the step the message shows>`
 REPLY_TIMEOUT_S = 20.0
 PACED_TIMEOUT_S = 10.0  # a lost reply must not stall a paced stream for long
 PACED_WARMUP = 2  # a paced stream's first commands: not counted (room keys, caches)
 KINDS = ("unencrypted", "encrypted")
 
 
-async def round_trip(
-    user: MatrixUser, room_id: str, text: str, expect: str, within: float = REPLY_TIMEOUT_S
-) -> float:
-    """Sends `text`; seconds until the reply from `expect` to that very event arrives (other
-    messages, such as a late reply to an earlier command, are passed over)."""
+Reply = tuple[float, ReceivedMessage]  # seconds from send to reply, and the reply
+
+
+async def exchange(
+    user: MatrixUser,
+    room_id: str,
+    content: dict[str, Any],
+    expect: str,
+    within: float = REPLY_TIMEOUT_S,
+    *,
+    event_type: str = "m.room.message",
+    answers: str | None = None,
+) -> Reply:
+    """Sends an event; seconds until the reply from `expect` to it arrives, and that reply. The
+    reply answers the event sent, or `answers` (a reaction's reply answers the message reacted
+    to); other messages, such as a late reply to an earlier command, are passed over."""
     began = time.perf_counter()
     # The room was opened with open_direct_chat, which made sure of the members' devices.
-    event_id = await user.send(room_id, {"msgtype": "m.text", "body": text}, share_keys=False)
+    event_id = await user.send(room_id, content, event_type, share_keys=False)
+    answered = answers or event_id
     deadline = began + within
     while True:
         message = await user.reply(room_id, max(0.0, deadline - time.perf_counter()))
-        answers = message.content.get("m.relates_to", {}).get("m.in_reply_to", {}).get("event_id")
-        if message.sender == expect and answers == event_id:
-            return message.arrived - began
+        to = message.content.get("m.relates_to", {}).get("m.in_reply_to", {}).get("event_id")
+        if message.sender == expect and to == answered:
+            return message.arrived - began, message
+
+
+async def round_trip(
+    user: MatrixUser, room_id: str, text: str, expect: str, within: float = REPLY_TIMEOUT_S
+) -> float:
+    """Sends the command `text`; seconds until the reply from `expect` to it arrives."""
+    content = {"msgtype": "m.text", "body": text}
+    return (await exchange(user, room_id, content, expect, within))[0]
 
 
 @dataclass(frozen=True)
@@ -83,20 +113,21 @@ class Chat:
 @dataclass
 class Samples:
     """Milliseconds, and round trips that failed (no reply in time) or were skipped (their
-    time passed while the person waited for a late reply), per (room kind, bot)."""
+    time passed while the person waited for a late reply), per (room kind, bot), or per (room
+    kind, role) in the reaction pattern ("command" or "reaction", both to the bot)."""
 
     ms: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     failed: Counter[tuple[str, str]] = field(default_factory=Counter)
     skipped: Counter[tuple[str, str]] = field(default_factory=Counter)
 
-    def add(self, chat: Chat, ms: float) -> None:
-        self.ms.setdefault((chat.kind, chat.bot), []).append(ms)
+    def add(self, chat: Chat, ms: float, role: str | None = None) -> None:
+        self.ms.setdefault((chat.kind, role or chat.bot), []).append(ms)
 
-    def fail(self, chat: Chat) -> None:
-        self.failed[(chat.kind, chat.bot)] += 1
+    def fail(self, chat: Chat, role: str | None = None) -> None:
+        self.failed[(chat.kind, role or chat.bot)] += 1
 
-    def skip(self, chat: Chat) -> None:
-        self.skipped[(chat.kind, chat.bot)] += 1
+    def skip(self, chat: Chat, role: str | None = None) -> None:
+        self.skipped[(chat.kind, role or chat.bot)] += 1
 
     def update(self, other: Samples) -> None:
         self.ms.update(other.ms)
@@ -106,9 +137,9 @@ class Samples:
     def of(self, kind: str, bot: str) -> Summary:
         return Summary.of(self.ms.get((kind, bot), []))
 
-    def lost(self, kind: str) -> str:
-        """'failed / skipped' for both bots."""
-        keys = [(kind, bot) for bot in ("bot", "echo")]
+    def lost(self, kind: str, roles: Sequence[str] = ("bot", "echo")) -> str:
+        """'failed / skipped' for both bots (or both roles)."""
+        keys = [(kind, role) for role in roles]
         return f"{sum(self.failed[k] for k in keys)} / {sum(self.skipped[k] for k in keys)}"
 
 
@@ -177,6 +208,70 @@ async def paced(
     return out
 
 
+async def paced_reaction(
+    streams: Sequence[tuple[Chat, float]], period: float, rounds: int, warmup: int
+) -> Samples:
+    """Every (chat, offset), a chat with the bot, sends `!next` every `period` seconds, `offset`
+    into the period (its reply timed as "command"), and half a period later reacts ✅ on that
+    reply: the bot runs `!done <the step it showed>` and answers the message reacted to (timed
+    as "reaction"). All on one timetable, as in `paced`: a person waits for each reply; a
+    command whose time passed more than a period ago, or a reaction whose time passed more than
+    half a period ago, is skipped (as is the reaction of a command that got no reply). Each
+    person is first put on the roadmap's first step (`!start`, `!goto 1.1`), untimed; a
+    stream's first `warmup` commands and reactions are not counted."""
+    out = Samples()
+    loop = asyncio.get_running_loop()
+    for chat, _ in streams:
+        for setup in ("!start", "!goto 1.1"):
+            await round_trip(chat.user, chat.room_id, setup, chat.bot_id)
+    start = loop.time() + 0.2
+
+    async def stream(chat: Chat, offset: float) -> None:
+        sent: Counter[str] = Counter()
+
+        async def timed(
+            role: str, at: float, late: float, send: Callable[[], Awaitable[Reply]]
+        ) -> ReceivedMessage | None:
+            """At `at` (unless more than `late` past it), `send()`; its reply, timed as `role`."""
+            if loop.time() > at + late:
+                out.skip(chat, role)
+                return None
+            await asyncio.sleep(max(0.0, at - loop.time()))
+            sent[role] += 1
+            try:
+                seconds, message = await send()
+            except MatrixUserError:
+                out.fail(chat, role)
+                return None
+            if sent[role] > warmup:
+                out.add(chat, seconds * 1000, role)
+            return message
+
+        command = {"msgtype": "m.text", "body": COMMAND}
+        for k in range(rounds):
+            at = start + k * period + offset
+            ask = partial(exchange, chat.user, chat.room_id, command, chat.bot_id, PACED_TIMEOUT_S)
+            shown = await timed("command", at, period, ask)
+            if shown is None:  # skipped or unanswered: nothing to react to
+                out.skip(chat, "reaction")
+                continue
+            relates = {"rel_type": "m.annotation", "event_id": shown.event_id, "key": REACTION}
+            react = partial(
+                exchange,
+                chat.user,
+                chat.room_id,
+                {"m.relates_to": relates},
+                chat.bot_id,
+                PACED_TIMEOUT_S,
+                event_type="m.reaction",
+                answers=shown.event_id,
+            )
+            await timed("reaction", at + period / 2, period / 2, react)
+
+    await asyncio.gather(*(stream(chat, offset) for chat, offset in streams))
+    return out
+
+
 async def person(synapse: DevSynapse, work: Path, name: str) -> MatrixUser:
     user_id = await synapse.register(name, f"{name}-password")
     return await MatrixUser.login(
@@ -225,11 +320,19 @@ def _spawn_echo(synapse: DevSynapse, work: Path, echo_id: str) -> subprocess.Pop
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
-    quick = {"n": 20, "warmup": 3, "paced_rounds": 10, "crowd_rounds": 8, "block": 2}
+    quick = {
+        "n": 20,
+        "warmup": 3,
+        "paced_rounds": 10,
+        "reaction_rounds": 6,
+        "crowd_rounds": 8,
+        "block": 2,
+    }
     return {
         "n": args.n,
         "warmup": args.warmup,
         "paced_rounds": args.paced_rounds,
+        "reaction_rounds": args.reaction_rounds,
         "crowd": args.crowd,
         "crowd_rounds": args.crowd_rounds,
         "block": args.crowd_block,
@@ -298,6 +401,20 @@ async def run(args: argparse.Namespace, synapse: DevSynapse | None = None) -> di
             )
             timing["paced"] = time.perf_counter() - t0
 
+            # The bot only (the echo bot has no shortcuts): a reaction against the command it
+            # stands for, both room kinds at once, a quarter period apart, as in paced.
+            t0 = time.perf_counter()
+            streams = [
+                (chat, k / 4 * period)
+                for k, kind in enumerate(KINDS)
+                for chat in chats[kind]
+                if chat.bot == "bot"
+            ]
+            reaction = await paced_reaction(
+                streams, period, s["reaction_rounds"] + PACED_WARMUP, PACED_WARMUP
+            )
+            timing["paced reaction"] = time.perf_counter() - t0
+
             crowd_name = f"{len(crowd)} paced"
             rows[crowd_name] = Samples()
             t0 = time.perf_counter()
@@ -309,11 +426,20 @@ async def run(args: argparse.Namespace, synapse: DevSynapse | None = None) -> di
                     await paced(streams, period, s["crowd_rounds"], PACED_WARMUP, s["block"])
                 )
             timing[crowd_name] = time.perf_counter() - t0
-    return {"settings": s, "rows": rows, "timing": timing}
+    return {"settings": s, "rows": rows, "reaction": reaction, "timing": timing}
 
 
 def _ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
+
+
+def _against(x: Summary, y: Summary) -> tuple[str, int]:
+    """'median ratio | p95 ratio' of x against y, each marked ✗ when over its target, and how
+    many of the two targets x meets."""
+    r_med, r_p95 = _ratio(x.median, y.median), _ratio(x.p95, y.p95)
+    ok_med, ok_p95 = r_med <= TARGET_MEDIAN, r_p95 <= TARGET_P95
+    cells = f"{r_med:.2f}{'' if ok_med else ' ✗'} | {r_p95:.2f}{'' if ok_p95 else ' ✗'}"
+    return cells, ok_med + ok_p95
 
 
 SATURATED = 2.0  # the echo bot's median this many times its paced one: the server queues
@@ -350,14 +476,12 @@ def report(results: dict[str, Any]) -> str:
     for pattern, samples in rows.items():
         for kind in KINDS:
             b, e = samples.of(kind, "bot"), samples.of(kind, "echo")
-            r_med, r_p95 = _ratio(b.median, e.median), _ratio(b.p95, e.p95)
-            ok_med, ok_p95 = r_med <= TARGET_MEDIAN, r_p95 <= TARGET_P95
-            met += ok_med + ok_p95
+            ratios, ok = _against(b, e)
+            met += ok
             total += 2
             out.append(
                 f"| {pattern} | {kind} | {b.n} / {e.n} | {b.median:.1f} / {b.p95:.1f} | "
-                f"{e.median:.1f} / {e.p95:.1f} | {r_med:.2f}{'' if ok_med else ' ✗'} | "
-                f"{r_p95:.2f}{'' if ok_p95 else ' ✗'} | {samples.lost(kind)} |"
+                f"{e.median:.1f} / {e.p95:.1f} | {ratios} | {samples.lost(kind)} |"
             )
             alone = rows["paced"].of(kind, "echo").median
             if pattern == crowd and e.median > SATURATED * alone:
@@ -368,6 +492,32 @@ def report(results: dict[str, Any]) -> str:
                     f"up with {s['crowd'] / s['period']:.0f} a second; the row measures that "
                     "queue more than either bot"
                 )
+
+    reaction: Samples = results["reaction"]
+    roles = ("reaction", "command")
+    out += [
+        "",
+        f"Reaction vs the command it stands for (paced reaction, bot only): one person a room "
+        f"kind sends {COMMAND!r} every {s['period']:g} s (command) and half a period later "
+        f"reacts {REACTION} on its reply, which the bot answers as `!done <that step>` in reply "
+        f"to the message reacted to (reaction: sent -> that reply received); the encrypted "
+        f"room's a quarter period after the unencrypted one's; {s['reaction_rounds']} of each "
+        f"after {PACED_WARMUP} warm-up ({timing['paced reaction']:.0f} s)",
+        "",
+        "| room | n reaction / command | reaction median / p95 | command median / p95 | "
+        f"ratio of medians (<= {TARGET_MEDIAN:.2f}) | ratio of p95s (<= {TARGET_P95:.2f}) "
+        "| failed / skipped |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for kind in KINDS:
+        r, c = reaction.of(kind, "reaction"), reaction.of(kind, "command")
+        ratios, ok = _against(r, c)
+        met += ok
+        total += 2
+        out.append(
+            f"| {kind} | {r.n} / {c.n} | {r.median:.1f} / {r.p95:.1f} | "
+            f"{c.median:.1f} / {c.p95:.1f} | {ratios} | {reaction.lost(kind, roles)} |"
+        )
     out.append(f"\ntargets met: {met} of {total} (✗: missed)")
     out += [f"note: {n}" for n in notes]
     return "\n".join(out)
@@ -378,6 +528,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=5, help="back-to-back rounds not counted")
     parser.add_argument(
         "--paced-rounds", type=int, default=40, help="paced commands per bot and room kind"
+    )
+    parser.add_argument(
+        "--reaction-rounds",
+        type=int,
+        default=38,
+        help="paced reaction: commands and reactions per room kind (each walks a step)",
     )
     parser.add_argument("--crowd", type=int, default=20, help="people in the crowd pattern")
     parser.add_argument(

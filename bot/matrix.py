@@ -456,7 +456,7 @@ class MatrixBot:
         """A reaction shortcut (✅ ⏭️ 📚) on a message that showed a step to its sender runs as
         that command on that step; any other reaction does nothing."""
         arrived = time.monotonic()
-        name = command_for(event.key)
+        name = command_for(event.key) if self.config.bot.reaction_shortcuts else None
         if name is None or event.sender == self.client.user_id or not self._allowed(event.sender):
             return
         step = await self._marked_for(event.reacts_to, "step", event.sender)

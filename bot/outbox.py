@@ -189,7 +189,8 @@ class Outbox:
         if self._paused_until > time.monotonic():
             return
         started: list[asyncio.Task[_Sent]] = []
-        busy = {i.room_id for i in (*self._queue.values(), *self._arrivals)}
+        # Follow-ups (reaction shortcuts, nudges) go after replies anyway: no reason to wait.
+        busy = {i.room_id for i in (*self._queue.values(), *self._arrivals) if not i.background}
         busy.update(t.get_name() for t in (*self._ahead.values(), *self._claimed.values()))
         me = str(self.client.user_id)
         for record in records:
