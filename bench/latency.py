@@ -337,6 +337,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "crowd_rounds": args.crowd_rounds,
         "block": args.crowd_block,
         "period": args.period,
+        "shortcuts": args.shortcuts,
     } | (quick if args.quick else {})
 
 
@@ -358,7 +359,10 @@ async def run(args: argparse.Namespace, synapse: DevSynapse | None = None) -> di
                 homeserver=synapse.url,
                 user_id=bot_id,
                 password="bot-password",
-                extra={"nudges": {"enabled": False}},
+                extra={
+                    "nudges": {"enabled": False},
+                    "bot": {"reaction_shortcuts": s["shortcuts"]},
+                },
             )
             stack.push_async_callback(bot.stop)
             await bot.start(poll=READY_POLL_S)
@@ -453,7 +457,8 @@ def report(results: dict[str, Any]) -> str:
     out = [
         "Reply latency: command sent -> reply received, ms; bot = `python -m bot run` (INFO "
         "logging), echo = bench/echo_bot.py (bare matrix-nio); one Synapse, both bots side by "
-        f"side; command {COMMAND!r}",
+        f"side; command {COMMAND!r}; the bot's reaction shortcuts "
+        f"{'on' if s.get('shortcuts', True) else 'off (--no-shortcuts)'}",
         f"- back to back: one person, {s['n']} round trips to each bot after {s['warmup']} "
         f"warm-up rounds, ABBA ({timing['back to back']:.0f} s)",
         f"- paced: one person a room kind, one command every {s['period']:g} s to each bot "
@@ -549,6 +554,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="crowd pattern: periods in a row at one bot before the other's turn (ABBA)",
     )
     parser.add_argument("--period", type=float, default=1.0, help="seconds between commands")
+    parser.add_argument(
+        "--no-shortcuts",
+        dest="shortcuts",
+        action="store_false",
+        help="the bot with bot.reaction_shortcuts off (what its ✅ ⏭️ 📚 cost the others)",
+    )
 
 
 async def main() -> None:
