@@ -333,7 +333,9 @@ class _Unit:
     failed BEGIN would commit on its own.
     """
 
-    def __init__(self, db: aiosqlite.Connection, write: bool) -> None:
+    def __init__(
+        self, db: aiosqlite.Connection, write: bool, synchronous: str | None = None
+    ) -> None:
         self.db = db  # the migrations await their statements on it one by one
         # Newcomers' progress as this unit leaves it (None: not known): cached once committed.
         self.progress: dict[str, Progress | None] = {}
@@ -343,6 +345,8 @@ class _Unit:
         self._may_write = write
         self._writing = False
         self._ended = False
+        if synchronous is not None:  # only outside a transaction
+            self._queue(_execute(db, f"PRAGMA synchronous = {synchronous}"))
         # IMMEDIATE: a write unit holds SQLite's write lock from the start, so no other
         # connection's write can come between its reads and its writes.
         self._queue(_execute(db, "BEGIN IMMEDIATE" if write else "BEGIN"))
@@ -504,6 +508,7 @@ class Store:
         # Written only in `_unit`, after COMMIT and under the lock; read on the event loop.
         self._progress: dict[str, Progress] = {}
         self._cache_size = cache_size
+        self._synchronous: str | None = "FULL"  # as `open` sets it; None: not known
 
     @classmethod
     async def open(
@@ -531,7 +536,7 @@ class Store:
             await _execute(db, "PRAGMA journal_mode = WAL")
             await _execute(db, "PRAGMA foreign_keys = ON")
             # FULL: a change the bot has acknowledged is on disk, whatever happens to the
-            # machine (about 0.5 ms a commit here; see the README's "Storage").
+            # machine (see the README's "Storage"); bookkeeping units say otherwise (`_unit`).
             await _execute(db, "PRAGMA synchronous = FULL")
             store = cls(db, path, on_fault=on_fault)
             if check:
@@ -559,17 +564,28 @@ class Store:
             await self._db.close()
 
     @asynccontextmanager
-    async def _unit(self, write: bool) -> AsyncIterator[_Unit]:
+    async def _unit(self, write: bool, durable: bool = True) -> AsyncIterator[_Unit]:
         """One unit of work in one transaction: the only way the store reaches the database.
 
         The lock keeps units apart on the one connection; BEGIN (IMMEDIATE for a unit that
         writes) makes all of a unit's statements see one snapshot and commit or fail together.
 
+        A unit that writes is on disk when it ends (synchronous FULL: the commit waits for the
+        disk), unless it is not `durable`: bookkeeping that the homeserver's re-delivery and its
+        transaction ids make good if a power cut takes it back (what was sent, a sync token
+        past no command, the bot's own follow-ups). Such a commit (synchronous NORMAL) skips
+        the disk flush; the next durable commit flushes it too, and a power cut can only take
+        back the newest commits, in order, so what an acknowledged change depends on stays.
+
         The progress cache changes here only, on the event loop, after COMMIT and under the
         lock; if the unit fails, the newcomers it was changing are dropped from the cache.
         """
         async with self._lock:
-            unit = _Unit(self._db, write)
+            synchronous = "FULL" if durable or not write else "NORMAL"
+            switch = synchronous if write and synchronous != self._synchronous else None
+            unit = _Unit(self._db, write, switch)
+            if switch is not None:
+                self._synchronous = None  # unknown until the unit has run
             try:
                 yield unit
                 await unit.end()
@@ -583,6 +599,8 @@ class Store:
                     raise
                 self._faulted(fault)
                 raise fault from exc
+            if switch is not None:
+                self._synchronous = switch
             if write and self.fault is not None:
                 log.warning("storage works again: %s is cleared", self.fault.reason)
                 self.fault = None
@@ -625,9 +643,9 @@ class Store:
             rows = unit.read(sql, params)
         return rows.result()
 
-    async def _write(self, sql: str, params: Params = ()) -> None:
+    async def _write(self, sql: str, params: Params = (), durable: bool = True) -> None:
         """A unit of work of one statement."""
-        async with self._unit(write=True) as unit:
+        async with self._unit(write=True, durable=durable) as unit:
             await unit.write(sql, params)
 
     async def export(self) -> dict[str, list[dict[str, Any]]]:
@@ -753,8 +771,8 @@ class Store:
         `set_value`) in the same transaction: the sync token that moves past these commands.
         """
         if not records:
-            if values:
-                await self.set_values(values)
+            if values:  # a sync past no command: re-delivered after a power cut, and handled
+                await self.set_values(values, durable=False)
             return []
         async with self._unit(write=True) as unit:
             # Read with BEGIN, in one round trip: the unit holds the write lock from BEGIN on,
@@ -845,7 +863,7 @@ class Store:
         follow-ups (the reaction shortcuts on a step) in the same transaction."""
         assert item.mark is not None and item.room_id is not None
         mark, when = item.mark, ts(at)
-        async with self._unit(write=True) as unit:
+        async with self._unit(write=True, durable=False) as unit:
             await unit.write(
                 "INSERT INTO marked_events (event_id, room_id, kind, user_id, step_id, "
                 "check_index, sent_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -938,21 +956,24 @@ class Store:
             await self._write(
                 "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))",
                 (json.dumps(list(item_ids)),),
+                durable=False,
             )
 
     async def outbox_failed(self, item_id: int) -> None:
-        await self._write("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", (item_id,))
+        await self._write(
+            "UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", (item_id,), durable=False
+        )
 
     async def prune_handled(self, before: datetime) -> int:
         """Forgets the events handled before `before`; returns how many."""
-        async with self._unit(write=True) as unit:
+        async with self._unit(write=True, durable=False) as unit:
             await unit.write("DELETE FROM handled_events WHERE handled_at < ?", (ts(before),))
             [row] = await unit.fetch("SELECT changes()")
         return int(row[0])
 
     async def prune_marked(self, before: datetime) -> int:
         """Forgets what the messages sent before `before` were (reactions on them do nothing)."""
-        async with self._unit(write=True) as unit:
+        async with self._unit(write=True, durable=False) as unit:
             await unit.write("DELETE FROM marked_events WHERE sent_at < ?", (ts(before),))
             [row] = await unit.fetch("SELECT changes()")
         return int(row[0])
@@ -1025,8 +1046,8 @@ class Store:
     async def set_value(self, key: str, value: str) -> None:
         await self.set_values({key: value})
 
-    async def set_values(self, values: Mapping[str, str]) -> None:
-        async with self._unit(write=True) as unit:
+    async def set_values(self, values: Mapping[str, str], durable: bool = True) -> None:
+        async with self._unit(write=True, durable=durable) as unit:
             await _write_values(unit, values)
 
     async def direct_room(self, user_id: str) -> str | None:

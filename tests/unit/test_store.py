@@ -45,6 +45,33 @@ async def test_foreign_keys_are_enforced_on_the_stores_connection(store: Store) 
         assert (await cur.fetchone())[0] == 1
 
 
+async def synchronous_now(store: Store) -> int:
+    """The store connection's synchronous setting (1 NORMAL, 2 FULL): per connection, and
+    what the last unit of work that wrote committed with."""
+    async with store._db.execute("PRAGMA synchronous") as cur:
+        return int((await cur.fetchone())[0])
+
+
+async def test_what_acknowledges_a_change_waits_for_the_disk_bookkeeping_does_not(
+    store: Store,
+) -> None:
+    at = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    send = Send("a reply", {"body": "hi"}, room_id="!r:x.org")
+    assert await synchronous_now(store) == 2  # FULL from the start
+    [queued] = await store.commit_commands(
+        [CommandRecord("$1", "!r:x.org", "@a:x.org", (), (), (("txn-1", send),), at)],
+        {"sync_token": "s1"},
+    )
+    assert queued is not None and await synchronous_now(store) == 2
+    await store.outbox_sent([queued[0].id])  # sent: a repeat is deduplicated by its txn id
+    assert await synchronous_now(store) == 1
+    await store.commit_commands([], {"sync_token": "s2"})  # a sync past no command
+    assert await synchronous_now(store) == 1
+    await store.set_room_joined("!r:x.org", 1)  # not bookkeeping: FULL again
+    assert await synchronous_now(store) == 2
+    assert await store.get_value("sync_token") == "s2" and await store.outbox() == []
+
+
 async def test_database_file_is_owner_only(store: Store) -> None:
     assert mode(store.path) == 0o600
     assert mode(store.path.parent) == 0o700
