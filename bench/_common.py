@@ -6,16 +6,18 @@ tests do.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import os
 import platform
 import statistics
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bot.dev.launcher import BotLauncher, bot_config
 from bot.dev.synapse import DevSynapse
@@ -33,7 +35,6 @@ POLICY = NudgePolicy(
     target="dm",
     team_room=None,
 )
-ECHO_READY = "echo bot ready"
 
 
 # --- statistics --------------------------------------------------------------------------
@@ -132,3 +133,31 @@ async def synapse_at(workdir: Path) -> AsyncIterator[DevSynapse]:
         yield server
     finally:
         await server.stop()
+
+
+# --- one benchmark alone: `python -m bench.<name>` ------------------------------------------
+
+R = TypeVar("R")
+
+
+async def run_alone(
+    doc: str | None,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    quick: str,
+    run: Callable[[argparse.Namespace], Awaitable[R]],
+    report: Callable[[R], str],
+    *,
+    wall_time: str | None = None,
+) -> None:
+    """Reads the benchmark's own options and --quick (`quick` says what it shortens to), runs
+    it and prints its report; with `wall_time`, then "<wall_time> wall time N s"."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(parser)
+    parser.add_argument("--quick", action="store_true", help=quick)
+    args = parser.parse_args()
+    began = time.perf_counter()
+    print(report(await run(args)))
+    if wall_time is not None:
+        print(f"\n{wall_time} wall time {time.perf_counter() - began:.0f} s")

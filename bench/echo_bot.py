@@ -21,6 +21,10 @@ from nio import (
     RoomMessageText,
 )
 
+# Printed once it syncs; bench/latency.py waits for it. Defined here, not in bench/_common.py,
+# so that the baseline imports nothing but nio (_common brings the bot's config and the kit).
+ECHO_READY = "echo bot ready"
+
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -57,7 +61,7 @@ async def main() -> None:
     client.add_event_callback(on_text, RoomMessageText)
     if client.should_upload_keys:
         await client.keys_upload()
-    print("echo bot ready", flush=True)
+    print(ECHO_READY, flush=True)
     try:
         await client.sync_forever(timeout=30_000, full_state=True)
     finally:

@@ -12,8 +12,10 @@ a fourth of the bot alone:
   turn (ABBA order);
 - paced: one person sends one command a second to the bot, and one a second to the echo bot
   half a second later, as a newcomer types: every command finds its bot idle, waiting in its
-  long-poll sync. The unencrypted room's person and the encrypted room's go at once, a quarter
-  second apart (the bots are idle in between all the same), which halves the run;
+  long-poll sync, half a second after the other bot's command. One room kind after the
+  other: both at once, a quarter second apart, put the bot's encrypted command right behind its
+  own unencrypted reply and the three reactions that follow it (and the echo bot's behind a
+  lone reply), a cost no newcomer typing once a second feels;
 - 20 paced: 20 people each send one command a second, staggered evenly across the second, so a
   bot gets 20 a second, one from each. The bots take turns of 2 seconds (ABBA), so the
   homeserver carries one bot's crowd at a time;
@@ -22,9 +24,9 @@ a fourth of the bot alone:
   bot answers that as `!done <the step shown>`, in reply to the message reacted to. Each
   reaction is timed until that reply arrives and set against the command's round trip (issue
   13: a reaction is answered as fast as the command it stands for). The two room kinds go at
-  once, a quarter second apart; each ✅ walks a step, 40 of the roadmap's 52.
+  once, a quarter second apart; each ✅ walks a step, 32 of the roadmap's 52.
 
-Run: .venv/bin/python -m bench.latency [--n 50] [--paced-rounds 40] [--reaction-rounds 38]
+Run: .venv/bin/python -m bench.latency [--n 50] [--paced-rounds 30] [--reaction-rounds 30]
 [--crowd 20] [--quick]
 No assertions: machines are shared and noisy. Targets (issues 11, 13): ratio of medians <= 1.05
 and ratio of p95s <= 1.10 in every pattern (bot against echo bot; reaction against command).
@@ -47,7 +49,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench._common import ECHO_READY, READY_POLL_S, REPO, Summary, bench_bot, synapse_at
+from bench._common import READY_POLL_S, REPO, Summary, bench_bot, run_alone, synapse_at
+from bench.echo_bot import ECHO_READY
 from bot.cross_signing import CrossSigningKeys
 from bot.dev.client import MatrixUser, MatrixUserError, ReceivedMessage
 from bot.dev.process import spawn, stop_process, wait_for_log
@@ -392,21 +395,25 @@ async def run(args: argparse.Namespace, synapse: DevSynapse | None = None) -> di
                 rows["back to back"].update(await back_to_back(chats[kind], s["n"], s["warmup"]))
             timing["back to back"] = time.perf_counter() - t0
 
-            # Both room kinds at once, a quarter period apart: each bot still gets one
-            # command a period from each person, and is idle (in its long poll) when it comes.
+            # One room kind at a time, the echo bot's command half a period after the bot's:
+            # each command comes half a period after the other bot's, when both are idle in
+            # their long polls. (Both kinds at once, a quarter period apart, put the bot's
+            # encrypted command right behind its own unencrypted reply and the reactions that
+            # follow it, and the echo bot's behind a lone reply: a cost no newcomer feels.)
             t0 = time.perf_counter()
-            streams = [
-                (chat, (k / 4 + (0.5 if chat.bot == "echo" else 0.0)) * period)
-                for k, kind in enumerate(KINDS)
-                for chat in chats[kind]
-            ]
-            rows["paced"] = await paced(
-                streams, period, s["paced_rounds"] + PACED_WARMUP, PACED_WARMUP
-            )
+            rows["paced"] = Samples()
+            for kind in KINDS:
+                streams = [
+                    (chat, (0.5 if chat.bot == "echo" else 0.0) * period) for chat in chats[kind]
+                ]
+                rows["paced"].update(
+                    await paced(streams, period, s["paced_rounds"] + PACED_WARMUP, PACED_WARMUP)
+                )
             timing["paced"] = time.perf_counter() - t0
 
             # The bot only (the echo bot has no shortcuts): a reaction against the command it
-            # stands for, both room kinds at once, a quarter period apart, as in paced.
+            # stands for, both room kinds at once, a quarter period apart (the bot only: what
+            # follows one room's reply is behind the other room's command and reaction alike).
             t0 = time.perf_counter()
             streams = [
                 (chat, k / 4 * period)
@@ -462,8 +469,8 @@ def report(results: dict[str, Any]) -> str:
         f"- back to back: one person, {s['n']} round trips to each bot after {s['warmup']} "
         f"warm-up rounds, ABBA ({timing['back to back']:.0f} s)",
         f"- paced: one person a room kind, one command every {s['period']:g} s to each bot "
-        f"(the echo bot's half a period after the bot's; the encrypted room's a quarter period "
-        f"after the unencrypted one's), {s['paced_rounds']} each after {PACED_WARMUP} warm-up "
+        f"(the echo bot's half a period after the bot's; one room kind, then the other), "
+        f"{s['paced_rounds']} each after {PACED_WARMUP} warm-up "
         f"({timing['paced']:.0f} s)",
         f"- {crowd}: {s['crowd']} people each sending one command every {s['period']:g} s, "
         f"staggered evenly, to one bot at a time in blocks of {s['block']} periods (ABBA), "
@@ -532,12 +539,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=50, help="back-to-back round trips per bot")
     parser.add_argument("--warmup", type=int, default=5, help="back-to-back rounds not counted")
     parser.add_argument(
-        "--paced-rounds", type=int, default=40, help="paced commands per bot and room kind"
+        "--paced-rounds", type=int, default=30, help="paced commands per bot and room kind"
     )
     parser.add_argument(
         "--reaction-rounds",
         type=int,
-        default=38,
+        default=30,
         help="paced reaction: commands and reactions per room kind (each walks a step)",
     )
     parser.add_argument("--crowd", type=int, default=20, help="people in the crowd pattern")
@@ -563,15 +570,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_arguments(parser)
-    parser.add_argument("--quick", action="store_true", help="a few rounds of each pattern")
-    args = parser.parse_args()
-    began = time.perf_counter()
-    print(report(await run(args)))
-    print(f"\nlatency wall time {time.perf_counter() - began:.0f} s")
+    quick = "a few rounds of each pattern"
+    await run_alone(__doc__, add_arguments, quick, run, report, wall_time="latency")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import resource
 import shutil
-import sqlite3
 import statistics
 import tempfile
 import time
@@ -27,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from bench._common import POLICY, READY_POLL_S, bench_bot, rss_mb, synapse_at
+from bench._common import POLICY, READY_POLL_S, bench_bot, rss_mb, run_alone, synapse_at
 from bot.app import build_dispatcher
 from bot.clock import ServerClock
 from bot.dev.launcher import BotLauncher
@@ -184,8 +183,11 @@ async def startup(
         shutil.copyfile(folder / f"bench-{count}-{IDLE}.db", bot.data_dir / "bot.db")
         # populate() queued a reply per newcomer to a made-up room: as if delivered, empty the
         # outbox, or every sync would re-read (and skip) all of them.
-        with contextlib.closing(sqlite3.connect(bot.data_dir / "bot.db")) as db, db:
-            db.execute("DELETE FROM outbox")
+        copy = await Store.open(bot.data_dir / "bot.db")
+        try:
+            await copy.outbox_sent([item.id for item in await copy.outbox()])
+        finally:
+            await copy.close()
         bots[count] = bot
         out[count] = {"first_s": 0.0, "restart_s": [], "rss": [], "hwm": []}
     try:
@@ -290,13 +292,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_arguments(parser)
-    parser.add_argument("--quick", action="store_true", help="one timed restart per size")
-    args = parser.parse_args()
-    print(report(await run(args)))
+    await run_alone(__doc__, add_arguments, "one timed restart per size", run, report)
 
 
 if __name__ == "__main__":

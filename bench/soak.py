@@ -43,7 +43,7 @@ from typing import Any
 
 import aiosqlite
 
-from bench._common import POLICY, REPO, rss_mb
+from bench._common import POLICY, REPO, rss_mb, run_alone
 from bot.app import build_dispatcher
 from bot.clock import ServerClock
 from bot.dispatch import Dispatcher, FloodGate, Incoming
@@ -500,15 +500,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_arguments(parser)
-    parser.add_argument("--quick", action="store_true", help="20,000 commands, sampled every 2,000")
-    args = parser.parse_args()
-    began = time.perf_counter()
-    print(report(await run(args)))
-    print(f"\nsoak wall time {time.perf_counter() - began:.0f} s")
+    quick = "20,000 commands, sampled every 2,000"
+    await run_alone(__doc__, add_arguments, quick, run, report, wall_time="soak")
 
 
 if __name__ == "__main__":

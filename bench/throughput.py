@@ -31,7 +31,7 @@ from typing import Any
 
 import aiosqlite
 
-from bench._common import POLICY, REPO, Summary
+from bench._common import POLICY, REPO, Summary, run_alone
 from bot.app import build_dispatcher
 from bot.dispatch import Dispatcher, FloodGate, Incoming
 from bot.roadmap import Roadmap, load_roadmap
@@ -335,13 +335,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_arguments(parser)
-    parser.add_argument("--quick", action="store_true", help="1,000 commands")
-    args = parser.parse_args()
-    print(report(await run(args)))
+    await run_alone(__doc__, add_arguments, "1,000 commands", run, report)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
@@ -20,8 +20,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    PrivateAttr,
+    TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
@@ -153,36 +154,38 @@ class RoomsConfig(_Section):
         return value
 
 
-def _check_crontab(value: str) -> str:
-    try:
-        CronTrigger.from_crontab(value)
-    except ValueError as exc:
-        raise ValueError(
-            f"{value!r} is not a 5-field crontab expression like '0 10 * * mon-fri' ({exc})"
-        ) from None
-    return value
+_TEXT = TypeAdapter(str)
 
 
 class _Scheduled(_Section):
-    """A job's crontab in its time zone; `trigger` is what the scheduler runs on."""
+    """A job's crontab, read once, in its time zone, into the trigger the scheduler runs on."""
 
-    schedule: str
-    timezone: Zone = ZoneInfo("UTC")
-    _trigger: CronTrigger = PrivateAttr()
+    timezone: Zone = ZoneInfo("UTC")  # declared before `schedule`, which is read in it
+    schedule: CronTrigger
 
-    _schedule = field_validator("schedule")(_check_crontab)
-
-    def model_post_init(self, _context: Any) -> None:
-        self._trigger = CronTrigger.from_crontab(self.schedule, timezone=self.timezone)
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _crontab(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, CronTrigger):
+            return value
+        text = _TEXT.validate_python(value)  # not text: the same problem a `str` field reports
+        zone = info.data.get("timezone", UTC)  # a bad time zone is reported on its own line
+        try:
+            return CronTrigger.from_crontab(text, timezone=zone)
+        except ValueError as exc:
+            raise ValueError(
+                f"{text!r} is not a 5-field crontab expression like '0 10 * * mon-fri' ({exc})"
+            ) from None
 
     @property
     def trigger(self) -> CronTrigger:
-        return self._trigger
+        return self.schedule
 
 
 class NudgesConfig(_Scheduled):
     enabled: bool = True
-    schedule: str = "0 10 * * mon-fri"
+    # Given as text, and parsed in the configured time zone like a crontab written in the YAML.
+    schedule: CronTrigger = Field(default="0 10 * * mon-fri", validate_default=True)
     idle_after: Duration = timedelta(days=3)
     # Working time behind the roadmap's estimates past which !status flags a newcomer.
     behind_pace_after: Duration = timedelta(days=5)
@@ -195,7 +198,7 @@ class NudgesConfig(_Scheduled):
 
 
 class DigestConfig(_Scheduled):
-    schedule: str = "0 9 * * mon"
+    schedule: CronTrigger = Field(default="0 9 * * mon", validate_default=True)
 
 
 class PeopleConfig(_Section):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from bot import texts
 from bot.roadmap import Roadmap, Section, Step
 
 
@@ -147,18 +148,16 @@ def goto(roadmap: Roadmap, progress: Progress, step: Step) -> Change | None:
 
 @dataclass(frozen=True)
 class UndoRefused:
-    reason: str
+    reason: str  # texts.NOTHING_TO_UNDO or texts.undo_overtaken(...)
 
 
 def undo(progress: Progress) -> Change | UndoRefused:
     last = progress.last_undoable
     if last is None:
-        return UndoRefused("There is nothing to undo: no step has been marked done or skipped.")
+        return UndoRefused(texts.NOTHING_TO_UNDO)
     now = progress.state(last.step_id)
     if now != last.to_state:
-        return UndoRefused(
-            f"The last change can't be undone: that step is now {now}, not {last.to_state}."
-        )
+        return UndoRefused(texts.undo_overtaken(now, last.to_state))
     # The pointer goes back only if that change moved it and nothing has moved it since.
     moved = last.new_current != last.prev_current and progress.current_id == last.new_current
     restored = (last.prev_current or last.step_id) if moved else progress.current_id

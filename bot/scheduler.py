@@ -85,9 +85,8 @@ class Jobs:
                 send = replace(send, mark=Mark("step", c.user_id, step.id))
             messages.append((job_txn_id(key), send))
             if should_escalate(policy, c):
-                mentors = [c.mentor] if c.mentor else sorted(team.mentors)
                 ops.append(RecordNudge(c.user_id, "escalation", None, "scheduler"))
-                for mentor in mentors:
+                for mentor in team.told_about(c.mentor):
                     note = escalation_message(c.user_id, step, idle, streak, mentor)
                     messages.append(
                         (

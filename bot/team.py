@@ -39,6 +39,11 @@ class TeamState:
         """Everyone who mentors: told when a newcomer finishes or is stuck, listed by !mentor."""
         return self.configured_mentors | self.mentors_by_power
 
+    def told_about(self, mentor: str | None) -> list[str]:
+        """Who hears of a newcomer finishing or being stuck: their own mentor if they have one,
+        else every mentor of the team, in a stable order."""
+        return [mentor] if mentor else sorted(self.mentors)
+
     @property
     def team_room(self) -> str | None:
         return self.policy.team_room

@@ -5,22 +5,26 @@ messages. A fixed text is a constant; one with variable parts is a function that
 and returns a `Line` (the parts of one line, emphasis included), a list of lines, or a whole
 `Reply`. Log lines and operators' errors are not texts: they stay with their code.
 
-Words users read that live elsewhere, each in one place: a command's one-line help is part of
-its declaration (commands/), which `!help` and the usage lines are made from; the reasons the
-pure rules give for refusing a value or an !undo (`timeutil.BadValue.problem`, shared with
-config errors, and `progress.UndoRefused.reason`) stay with the rules, which must not import
-this module (it imports them).
+The pure rules take their words from here too: why an !undo is refused
+(`progress.UndoRefused.reason`) and what is wrong with a duration or a time zone
+(`timeutil.BadValue.problem`, which config errors share). So this module imports none of the
+rules at run time (the types it takes are for the type checker only) and reads a step's state
+by its word. The one exception is a command's one-line help: it is written where the command is
+declared (commands/), since that declaration is what `!help` and the usage lines are made from.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, timedelta
+from typing import TYPE_CHECKING
 
-from bot.forecast import Forecast
 from bot.markup import Bold, Code, Inline, Line, Link, Mention, Message, Reply, echo, text
-from bot.progress import State
 from bot.roadmap import Step
+
+if TYPE_CHECKING:  # the rules import this module: it must not import them
+    from bot.forecast import Forecast
+    from bot.progress import State
 
 # --- words used throughout ---------------------------------------------------------------
 
@@ -75,7 +79,7 @@ def step_summary(summary: str, estimate: str, state: State) -> str:
     details = []
     if estimate:
         details.append(f"about {estimate}")
-    if state != State.PENDING:
+    if state.value != "pending":
         details.append(f"you marked it {state.value}")
     return summary + (f" ({', '.join(details)})" if details else "")
 
@@ -198,7 +202,7 @@ def already_marked(step: Step, state: State) -> str:
 
 def marked(step: Step, state: State) -> Line:
     """A step marked done or skipped."""
-    verb = "✓ Done:" if state == State.DONE else "↷ Skipped:"
+    verb = "✓ Done:" if state.value == "done" else "↷ Skipped:"
     return (f"{verb} ", Bold(step_name(step)), ".")
 
 
@@ -214,6 +218,15 @@ def working_on(step: Step) -> Line:
 def undone(name: str, state: str) -> Line:
     """`name`: the step's, or its id when the roadmap no longer has it."""
     return ("↶ Undone: ", Bold(name), f" is {state} again.")
+
+
+# Why !undo did nothing (progress.UndoRefused.reason).
+NOTHING_TO_UNDO = "There is nothing to undo: no step has been marked done or skipped."
+
+
+def undo_overtaken(now: State, expected: State) -> str:
+    """The last done/skip's step has changed state since (by !doing, say)."""
+    return f"The last change can't be undone: that step is now {now}, not {expected}."
 
 
 MOVED = "➜ Moved to this step."
@@ -568,8 +581,16 @@ def more_than_expected(line: str) -> Reply:
     return text("That is more than I expected. Usage: ", Code(line))
 
 
+# What is wrong with a value, said after it: "'3 days' is not a duration like ...". Config
+# errors show them too, through timeutil.BadValue.
+NOT_A_DURATION = "is not a duration like 30s, 45m, 12h, 3d or 1w"
+DURATION_NOT_POSITIVE = "must be more than zero, like 30s, 45m, 12h, 3d or 1w"
+DURATION_TOO_LONG = "is longer than a year (365d), the longest I accept"  # timeutil.MAX_DURATION
+NOT_A_TIME_ZONE = "is not a time zone like Europe/Berlin"
+
+
 def bad_value(typed: str, problem: str) -> Reply:
-    """A duration or time zone that cannot be used; `problem` is timeutil.BadValue's."""
+    """A duration or time zone that cannot be used; `problem` is one of the four above."""
     return text(echo(typed), f" {problem}.")
 
 

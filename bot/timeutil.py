@@ -13,6 +13,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from bot import texts
+
 DAY_NAMES: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 DEFAULT_WORKING_DAYS: frozenset[int] = frozenset({0, 1, 2, 3, 4})
 
@@ -37,11 +39,11 @@ def parse_duration(value: str) -> timedelta:
     """Parse "30s", "45m", "12h", "3d", "1w" or "1.5h" into a positive timedelta, at most a year."""
     match = _DURATION.fullmatch(value.strip())
     if match is None:
-        raise BadValue(value, "is not a duration like 30s, 45m, 12h, 3d or 1w")
+        raise BadValue(value, texts.NOT_A_DURATION)
     amount = float(match.group(1))
     if amount <= 0:
-        raise BadValue(value, "must be more than zero, like 30s, 45m, 12h, 3d or 1w")
-    too_long = BadValue(value, "is longer than a year (365d), the longest I accept")
+        raise BadValue(value, texts.DURATION_NOT_POSITIVE)
+    too_long = BadValue(value, texts.DURATION_TOO_LONG)
     try:
         delta = timedelta(**{_UNITS[match.group(2).lower()]: amount})
     except OverflowError:
@@ -49,7 +51,7 @@ def parse_duration(value: str) -> timedelta:
     if delta > MAX_DURATION:
         raise too_long
     if delta <= timedelta(0):  # e.g. "0.0000001s" rounds down to nothing
-        raise BadValue(value, "must be more than zero, like 30s, 45m, 12h, 3d or 1w")
+        raise BadValue(value, texts.DURATION_NOT_POSITIVE)
     return delta
 
 
@@ -101,7 +103,7 @@ def parse_quiet_hours(value: str | None) -> QuietHours | None:
 
 def parse_timezone(name: str) -> ZoneInfo:
     """Load an IANA time zone such as "Europe/Berlin"."""
-    problem = BadValue(name, "is not a time zone like Europe/Berlin")
+    problem = BadValue(name, texts.NOT_A_TIME_ZONE)
     if not name or ".." in name or name.startswith("/") or name != name.strip():
         raise problem
     try:

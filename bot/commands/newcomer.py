@@ -84,8 +84,7 @@ def _finish(ctx: Ctx, step: Step | None, state: State) -> Outcome:
         lead.line(texts.JUST_FINISHED)
         if ctx.progress.finish_announced_at is not None:
             return Outcome(lead.reply(), (change,))  # finished again after !undo: told once
-        mentor = ctx.progress.mentor
-        tell = [mentor] if mentor else sorted(ctx.team.mentors)
+        tell = ctx.team.told_about(ctx.progress.mentor)
         content = finished_message(ctx.sender, ctx.roadmap)
         return Outcome(
             lead.reply(),
@@ -132,7 +131,7 @@ def doing(ctx: Ctx, step: Step | None) -> Outcome:
 def undo(ctx: Ctx) -> Outcome:
     change = rules.undo(ctx.progress)
     if isinstance(change, UndoRefused):
-        return Outcome(text(change.reason))  # the rule's own words: see progress.undo
+        return Outcome(text(change.reason))  # texts.NOTHING_TO_UNDO or texts.undo_overtaken
     step = ctx.roadmap.get(change.step_id)
     name = texts.step_name(step) if step else str(change.step_id)
     return _after(ctx, change, Message().line(*texts.undone(name, str(change.to_state))))

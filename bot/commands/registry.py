@@ -11,7 +11,6 @@ import typing
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bot import texts
@@ -95,24 +94,41 @@ class Ctx:
 # --- argument parsers: declared with the command, checked against its handler -----------------
 
 
-class Width(Enum):
-    """How much of a command's arguments a parser reads."""
-
-    WORD = "word"  # one word
-    REST = "rest"  # the rest of the line
-    FLAG = "flag"  # --name anywhere in the arguments
-    PERSON = "person"  # an MXID, a mention pill or an unambiguous localpart, in the order written
-
-
 class Parser:
-    """Turns its share of a command's arguments into the value the handler gets (`type`), or
-    raises UsageError with a reply that says why not."""
+    """One kind of argument: it takes its share of what is left of a command's arguments and
+    turns it into the value the handler gets (`type`), or raises UsageError with a reply that
+    says why not. This base takes the rest of the line, as free text."""
 
-    width: Width = Width.REST
     type: Any = str
+    # Takes its share before the others do, wherever it is written (--flags).
+    first: bool = False
+
+    async def take(self, arg: Arg, given: Arguments) -> Any:
+        if not given.left:
+            given.missing(arg)
+            return None
+        return await self.parse(self.cut(given), given.ctx)
+
+    def cut(self, given: Arguments) -> str:
+        """The part of the arguments this parser reads, taken from them."""
+        return given.take_rest()
 
     async def parse(self, raw: str, ctx: Ctx) -> Any:
         return raw
+
+    def usage(self, arg: Arg) -> str:
+        return f"<{arg.name}>" if arg.required else f"[{arg.name}]"
+
+    def handler_type(self, arg: Arg) -> Any:
+        """The type the handler's parameter must declare."""
+        return self.type if arg.required else self.type | None
+
+
+class WordParser(Parser):
+    """Takes one word."""
+
+    def cut(self, given: Arguments) -> str:
+        return given.take_word()
 
 
 class TextParser(Parser):
@@ -131,10 +147,10 @@ class StepParser(Parser):
         return found.step
 
 
-class DurationParser(Parser):
+class DurationParser(WordParser):
     """30s, 45m, 12h, 3d, 1w."""
 
-    width, type = Width.WORD, timedelta
+    type = timedelta
 
     async def parse(self, raw: str, ctx: Ctx) -> timedelta:
         try:
@@ -143,10 +159,8 @@ class DurationParser(Parser):
             raise UsageError(texts.bad_value(raw, exc.problem)) from None
 
 
-class TimezoneParser(Parser):
+class TimezoneParser(WordParser):
     """Area/City; the handler gets the zone's key."""
-
-    width = Width.WORD
 
     async def parse(self, raw: str, ctx: Ctx) -> str:
         try:
@@ -155,10 +169,10 @@ class TimezoneParser(Parser):
             raise UsageError(texts.bad_value(raw, exc.problem)) from None
 
 
-class NumberParser(Parser):
+class NumberParser(WordParser):
     """A whole number, 1 or more."""
 
-    width, type = Width.WORD, int
+    type = int
 
     async def parse(self, raw: str, ctx: Ctx) -> int:
         if not raw.isdigit() or int(raw) < 1:
@@ -167,14 +181,52 @@ class NumberParser(Parser):
 
 
 class FlagParser(Parser):
-    width, type = Width.FLAG, bool
+    """--name anywhere in the arguments: True when given, never missing."""
+
+    type, first = bool, True
+
+    async def take(self, arg: Arg, given: Arguments) -> bool:
+        return given.take_all(f"--{arg.name}")
+
+    def usage(self, arg: Arg) -> str:
+        return f"[--{arg.name}]"
+
+    def handler_type(self, arg: Arg) -> Any:
+        return bool
 
 
 class PersonParser(Parser):
-    """A user id; people are resolved together (see `_people`), since a pill's text may hold
-    spaces."""
+    """An MXID, a mention pill or an unambiguous localpart. All of a command's people are
+    resolved together, in the order written, from the rest of the line (a pill's text may hold
+    spaces); each person argument then takes the next one."""
 
-    width = Width.PERSON
+    async def take(self, arg: Arg, given: Arguments) -> str | None:
+        if given.people is None:
+            given.people = await self._resolve(given)
+            given.take_rest()
+        if not given.people:
+            given.missing(arg)
+            return None
+        found = given.people.pop(0)
+        if found.user_id is None:
+            raise UsageError(found.problem or texts.UNKNOWN_PERSON)
+        return found.user_id
+
+    async def _resolve(self, given: Arguments) -> list[Resolved]:
+        """A name without a server is looked up among the mentors and the newcomers with that
+        localpart, never in the whole list."""
+        ctx = given.ctx
+        known = set(ctx.team.mentors)
+        for word in {w.removeprefix("@").lower() for w in given.left.split()}:
+            if word and ":" not in word:
+                known.update(await ctx.reader.users_with_localpart(word))
+        return resolve_users(
+            given.left,
+            ctx.formatted_body,
+            count=sum(1 for a in given.cmd.args if isinstance(a.parser, PersonParser)),
+            known_users=known,
+            default_server=ctx.server_name,
+        )
 
 
 STEP, TEXT, DURATION, TIMEZONE = StepParser(), TextParser(), DurationParser(), TimezoneParser()
@@ -188,15 +240,46 @@ class Arg:
     required: bool = False
 
     def usage(self) -> str:
-        if self.parser.width is Width.FLAG:
-            return f"[--{self.name}]"
-        return f"<{self.name}>" if self.required else f"[{self.name}]"
+        return self.parser.usage(self)
 
     @property
     def type(self) -> Any:
         """The type the handler's parameter must declare."""
-        base = self.parser.type
-        return base if self.required or self.parser.width is Width.FLAG else base | None
+        return self.parser.handler_type(self)
+
+
+class Arguments:
+    """What is left of a command's arguments while its parsers take their shares; whatever
+    none of them takes is more than the command expects."""
+
+    def __init__(self, cmd: Command, ctx: Ctx, raw_args: str) -> None:
+        self.cmd, self.ctx = cmd, ctx
+        self.left = raw_args  # words separated by single spaces (see `parse`)
+        self.people: list[Resolved] | None = None  # PersonParser's, once resolved
+
+    def take_word(self) -> str:
+        word, _, self.left = self.left.partition(" ")
+        return word
+
+    def take_rest(self) -> str:
+        rest, self.left = self.left, ""
+        return rest
+
+    def take_all(self, word: str) -> bool:
+        """Whether `word` (in any case) is among the arguments; every occurrence is taken."""
+        words = self.left.split(" ")
+        kept = [w for w in words if w.lower() != word]
+        self.left = " ".join(kept)
+        return len(kept) < len(words)
+
+    def missing(self, arg: Arg) -> None:
+        """An argument not given: a usage error when it is required (else the value is None)."""
+        if arg.required:
+            raise UsageError(texts.usage(self.cmd.usage(self.ctx.prefix), self.cmd.help))
+
+    def check_all_taken(self) -> None:
+        if self.left or self.people:
+            raise UsageError(texts.more_than_expected(self.cmd.usage(self.ctx.prefix)))
 
 
 @dataclass(frozen=True)
@@ -338,72 +421,14 @@ class UsageError(Exception):
         self.reply = reply
 
 
-def _usage(cmd: Command, ctx: Ctx) -> UsageError:
-    return UsageError(texts.usage(cmd.usage(ctx.prefix), cmd.help))
-
-
-async def _people(cmd: Command, ctx: Ctx, raw_args: str) -> list[Resolved]:
-    """Every person named, in the order written. A name without a server is looked up among
-    the mentors and the newcomers with that localpart, never in the whole list."""
-    count = sum(1 for a in cmd.args if a.parser.width is Width.PERSON)
-    if not count:
-        return []
-    known = set(ctx.team.mentors)
-    for word in {w.removeprefix("@").lower() for w in raw_args.split()}:
-        if word and ":" not in word:
-            known.update(await ctx.reader.users_with_localpart(word))
-    return resolve_users(
-        raw_args,
-        ctx.formatted_body,
-        count=count,
-        known_users=known,
-        default_server=ctx.server_name,
-    )
-
-
-def _flags(cmd: Command, raw_args: str) -> tuple[dict[str, bool], str]:
-    """The declared --flags given (wherever written), and the arguments without them."""
-    names = {f"--{a.name}": a.name for a in cmd.args if a.parser.width is Width.FLAG}
-    if not names:
-        return {}, raw_args
-    words = raw_args.split(" ")
-    given = {names[w.lower()] for w in words if w.lower() in names}
-    rest = " ".join(w for w in words if w.lower() not in names)
-    return {name: name in given for name in names.values()}, rest
-
-
 async def _arguments(cmd: Command, ctx: Ctx, raw_args: str) -> dict[str, Any]:
-    flags, rest = _flags(cmd, raw_args)
-    values: dict[str, Any] = dict(flags)
-    people = await _people(cmd, ctx, rest)
-    for arg in cmd.args:
-        width = arg.parser.width
-        if width is Width.FLAG:
-            continue
-        if width is Width.PERSON:
-            if people:
-                found = people.pop(0)
-                if found.user_id is None:
-                    raise UsageError(found.problem or texts.UNKNOWN_PERSON)
-                values[arg.name] = found.user_id
-            elif arg.required:
-                raise _usage(cmd, ctx)
-            else:
-                values[arg.name] = None
-            rest = ""
-            continue
-        if not rest:
-            if arg.required:
-                raise _usage(cmd, ctx)
-            values[arg.name] = None
-            continue
-        if width is Width.WORD:
-            word, _, rest = rest.partition(" ")
-        else:
-            word, rest = rest, ""
-        values[arg.name] = await arg.parser.parse(word, ctx)
-    if rest or people:
-        raise UsageError(texts.more_than_expected(cmd.usage(ctx.prefix)))
+    """Each declared argument's value, taken by its parser in the order declared (those that
+    go `first` before the others)."""
+    given = Arguments(cmd, ctx, raw_args)
+    values = {}
+    for arg in sorted(cmd.args, key=lambda a: not a.parser.first):
+        values[arg.name] = await arg.parser.take(arg, given)
+    given.check_all_taken()
     return values
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.dev.launcher import BotLauncher, bot_config
+from bot.identity import Session, read_session
 from bot.logs import READY
 from tests.harness.person import Person
 from tests.harness.synapse import Synapse
@@ -64,6 +65,12 @@ class BotProcess(BotLauncher):
         if was_running and status == -signal.SIGKILL:
             raise AssertionError(f"bot did not stop within {timeout}s of SIGTERM")
         return status
+
+    def session(self) -> Session:
+        """The session the bot saved (its access token and device); the test fails if none."""
+        session = read_session(self.data_dir)
+        assert session is not None, "the bot saved no session"
+        return session
 
     def reset_identity(self, *args: str) -> subprocess.CompletedProcess[str]:
         """`onboarding-bot reset-identity` on this bot's config, as ops would run it."""

@@ -33,6 +33,7 @@ __all__ = [
     "MakeElementPerson",
     "Shield",
     "element_people",
+    "trustworthy",
 ]
 
 #: The Node package holding the client; ``make test`` runs ``npm ci`` in it.
@@ -98,6 +99,13 @@ class ElementMessage:
             decryption_error=data.get("decryption_error"),
             shield=Shield(shield["colour"], shield["reason"]) if shield else None,
         )
+
+
+def trustworthy(message: ElementMessage) -> ElementMessage:
+    """Encrypted, decrypted, and with no warning shield next to it in Element."""
+    assert message.encrypted and message.decryption_failure is None, message
+    assert message.shield == NO_SHIELD, f"{message.body!r} shown under a shield: {message.shield}"
+    return message
 
 
 @dataclass(frozen=True)

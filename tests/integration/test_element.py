@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,15 @@ from nio import AsyncClient
 from bot import cross_signing as xs
 from bot.dev.process import NotReady
 from bot.identity import Session, query_keys, read_session
-from tests.harness import MakePerson, Synapse
+from tests.harness import MakePerson, Synapse, conversation
 from tests.harness.bot import BotProcess, new_bot
-from tests.harness.element import NO_SHIELD, ElementPerson, Isolation, MakeElementPerson
+from tests.harness.element import (
+    NO_SHIELD,
+    ElementPerson,
+    Isolation,
+    MakeElementPerson,
+    trustworthy,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -40,13 +47,8 @@ async def open_dm(user: ElementPerson, bot_user_id: str) -> tuple[str, str]:
     return room, greeting.body
 
 
-async def ask(user: ElementPerson, room: str, command: str) -> str:
-    """A command and its one reply, which must be encrypted and carry no warning shield."""
-    await user.say(room, command)
-    reply = await user.reply(room, timeout=30)
-    assert reply.encrypted and reply.decryption_failure is None
-    assert reply.shield == NO_SHIELD, f"{command!r} answered under a shield: {reply.shield}"
-    return reply.body
+# A command's one reply must be encrypted and carry no warning shield.
+ask = partial(conversation.ask, threaded=False, check=trustworthy)
 
 
 @pytest.mark.parametrize("isolation", ["only_signed", "all"])
@@ -56,8 +58,8 @@ async def test_an_element_user_talks_to_the_bot_without_warnings(
     newcomer = await make_element(f"el-newcomer-{isolation.replace('_', '-')}", isolation=isolation)
     room, greeting = await open_dm(newcomer, bot.user_id)
     assert "onboarding mentor" in greeting
-    assert "step 1 of 52" in await ask(newcomer, room, "!start")
-    assert "Done: 1.1 Bash/Terminal" in await ask(newcomer, room, "!done")
+    assert "step 1 of 52" in (await ask(newcomer, room, "!start")).body
+    assert "Done: 1.1 Bash/Terminal" in (await ask(newcomer, room, "!done")).body
     # The bot sees the newcomer's device as cross-signed, and Element the bot's.
     seen = await newcomer.user_devices(bot.user_id)
     session = read_session(bot.data_dir)
@@ -111,14 +113,14 @@ async def test_element_users_keep_trusting_the_bot_across_restart_loss_and_reset
     try:
         ana = await make_element("el-ana")
         room, _ = await open_dm(ana, bot.user_id)
-        assert "step 1 of 52" in await ask(ana, room, "!start")
+        assert "step 1 of 52" in (await ask(ana, room, "!start")).body
         master, device = await bot_identity(bot)
 
         # Restart: same device, same master key; the conversation goes on.
         await bot.stop()
         await bot.start()
         assert await bot_identity(bot) == (master, device)
-        assert "step 2 of 52" in await ask(ana, room, "!done")
+        assert "step 2 of 52" in (await ask(ana, room, "!done")).body
 
         # data_dir lost, the recovery key given: same identity, a new device Element trusts.
         recovery_key = (bot.data_dir / "recovery-key.txt").read_text().strip()
@@ -130,11 +132,11 @@ async def test_element_users_keep_trusting_the_bot_across_restart_loss_and_reset
         assert master_now == master and new_device != device
         ben = await make_element("el-ben")
         room_b, _ = await open_dm(ben, bot.user_id)
-        assert "step 1 of 52" in await ask(ben, room_b, "!start")
+        assert "step 1 of 52" in (await ask(ben, room_b, "!start")).body
         # Ana's Element pinned the bot's identity: unchanged, so no "identity reset" warning.
         assert not (await ana.user_devices(bot.user_id))["needs_user_approval"]
         # Her old chat goes on with the new device (progress went with data_dir's database).
-        assert "Done: 1.1 Bash/Terminal" in await ask(ana, room, "!done")
+        assert "Done: 1.1 Bash/Terminal" in (await ask(ana, room, "!done")).body
 
         # Lost without the recovery key: a clear refusal; reset-identity makes a new one.
         await bot.stop()
@@ -149,7 +151,7 @@ async def test_element_users_keep_trusting_the_bot_across_restart_loss_and_reset
         assert master_new != master
         cai = await make_element("el-cai")
         room_c, _ = await open_dm(cai, bot.user_id)
-        assert "step 1 of 52" in await ask(cai, room_c, "!start")
+        assert "step 1 of 52" in (await ask(cai, room_c, "!start")).body
         # Ana's Element now says the bot's identity was reset, as it must.
         assert (await ana.user_devices(bot.user_id))["needs_user_approval"]
     finally:

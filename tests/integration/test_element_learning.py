@@ -5,15 +5,17 @@ chat with the bot, on a real Synapse."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from functools import partial
 
 import pytest
 import pytest_asyncio
 
 from bot.polls import DISCLOSED, POLL_START, TEXT
 from bot.roadmap import Check, Step, load_roadmap
-from tests.harness import Synapse
+from tests.harness import Synapse, conversation
 from tests.harness.bot import REPO, BotProcess, new_bot
-from tests.harness.element import NO_SHIELD, ElementMessage, ElementPerson, MakeElementPerson
+from tests.harness.conversation import answered
+from tests.harness.element import NO_SHIELD, ElementPerson, MakeElementPerson, trustworthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -46,18 +48,6 @@ def asked_check(checks: Sequence[Check], text: str) -> Check:
     return max(shown, key=lambda check: len(check.question))
 
 
-def in_reply_to(message: ElementMessage) -> str | None:
-    relates = message.content.get("m.relates_to") or {}
-    return (relates.get("m.in_reply_to") or {}).get("event_id")
-
-
-def trustworthy(message: ElementMessage) -> ElementMessage:
-    """Encrypted, decrypted, and with no warning shield next to it in Element."""
-    assert message.encrypted and message.decryption_failure is None, message
-    assert message.shield == NO_SHIELD, f"{message.body!r} shown under a shield: {message.shield}"
-    return message
-
-
 async def open_dm(user: ElementPerson, bot_user_id: str) -> str:
     """Element's "Start chat" with the bot: an encrypted DM, once the bot has greeted in it."""
     room = await user.create_dm(bot_user_id)
@@ -66,12 +56,8 @@ async def open_dm(user: ElementPerson, bot_user_id: str) -> str:
     return room
 
 
-async def ask(user: ElementPerson, room: str, command: str) -> ElementMessage:
-    """A command and its one reply: a trustworthy reply to that command."""
-    sent = await user.say(room, command)
-    reply = trustworthy(await user.reply(room, timeout=30))
-    assert in_reply_to(reply) == sent, f"{command!r} answered by {reply.body!r}, not a reply"
-    return reply
+# A command and its one reply: a trustworthy reply to that command.
+ask = partial(conversation.ask, check=trustworthy)
 
 
 async def shortcuts_on(user: ElementPerson, room: str, event_id: str, bot_user_id: str) -> None:
@@ -94,7 +80,7 @@ async def test_an_element_user_taps_a_shortcut_under_an_earlier_step(
     # A tap on ✅ under the !start reply: Element sends the m.reaction in the clear.
     await ana.send_reaction(room, start.event_id, "✅")
     done = trustworthy(await ana.reply(room, timeout=30))
-    assert in_reply_to(done) == start.event_id, done.content
+    assert answered(done) == start.event_id, done.content
     assert done.msgtype == "m.notice"
     assert "Done: 1.1 Bash/Terminal" in done.body, done.body
     assert "1 done, 0 skipped" in (await ask(ana, room, "!progress")).body
@@ -153,7 +139,7 @@ async def test_an_element_user_answers_a_knowledge_check_in_its_poll(
     (answer_id,) = [answer["id"] for answer in poll.answers if answer["text"] == right]
     await cy.send_poll_response(room, poll.event_id, answer_id)
     graded = trustworthy(await cy.reply(room, timeout=30))
-    assert in_reply_to(graded) == poll.event_id, graded.content
+    assert answered(graded) == poll.event_id, graded.content
     assert graded.body.startswith("✅ Right."), graded.body
     assert check.explain in graded.body, graded.body
     assert await cy.poll_ended(room, poll.event_id, timeout=30), "the poll was not ended"

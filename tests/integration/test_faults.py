@@ -19,7 +19,6 @@ import pytest
 
 from bot import progress as rules
 from bot.dev.process import NotReady
-from bot.identity import Session, read_session
 from bot.ops import Send
 from bot.progress import Change, Progress, State, Undoable, UndoRefused
 from bot.roadmap import Roadmap, load_roadmap
@@ -36,15 +35,6 @@ from tests.harness.conversation import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def session_of(bot: BotProcess) -> Session:
-    session = read_session(bot.data_dir)
-    assert session is not None, "the bot saved no session"
-    return session
 
 
 # ------------------------------------------------ the pure rules, replayed for SIGKILL storms
@@ -349,7 +339,7 @@ async def test_revoked_token_stops_the_bot_with_a_clear_message(
 ) -> None:
     bot = await new_bot(synapse, tmp_path_factory.mktemp("revoked-bot"), "revoked-bot")
     async with running(bot):
-        session = session_of(bot)
+        session = bot.session()
         status, body = await api(
             "POST", f"{synapse.url}/_matrix/client/v3/logout", session.access_token
         )

@@ -13,12 +13,13 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from tests.harness import MakePerson, Person, Synapse
+from tests.harness import MakePerson, Person, Synapse, conversation
 from tests.harness.bot import REPO, BotProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -64,9 +65,8 @@ async def invited_by_bot(person: Person, bot: BotProcess) -> str:
     return room
 
 
-async def ask(person: Person, room: str, command: str, timeout: float = 30) -> str:
-    await person.say(room, command)
-    return (await person.reply(room, timeout=timeout)).body
+# The next message after each command, whatever it answers.
+ask = partial(conversation.ask, threaded=False)
 
 
 async def reply_about(person: Person, room: str, text: str, timeout: float = 30) -> str:
@@ -143,10 +143,10 @@ async def test_newcomers_are_refused_mentor_commands_without_learning_anything(
 ) -> None:
     nora = await make_person("nora")
     room = await direct_chat(nora, team.bot)
-    body = await ask(nora, room, f"!status {team.maya.user_id}")
+    body = (await ask(nora, room, f"!status {team.maya.user_id}")).body
     assert "for mentors only" in body and team.maya.user_id not in body
-    assert "for admins only" in await ask(nora, room, "!reload")
-    assert "!status" not in await ask(nora, room, "!help")
+    assert "for admins only" in (await ask(nora, room, "!reload")).body
+    assert "!status" not in (await ask(nora, room, "!help")).body
 
 
 async def test_mentor_sees_status_history_and_team_and_assigns(
@@ -158,17 +158,17 @@ async def test_mentor_sees_status_history_and_team_and_assigns(
     await ask(nick, room, "!done")
 
     maya, dm = team.maya, team.maya_dm
-    body = await ask(maya, dm, "!status @nick:localhost")
+    body = (await ask(maya, dm, "!status @nick:localhost")).body
     assert "Needs attention" in body and "no mentor" in body
     assert "1 done, 0 skipped, of 52 steps" in body and "1.2 Basic Internet" in body
 
-    assert "is now the mentor of @nick:localhost" in await ask(maya, dm, "!assign nick")
+    assert "is now the mentor of @nick:localhost" in (await ask(maya, dm, "!assign nick")).body
     # Told privately: nick's own chat lets later members read its history.
     told = await nick.reply(await invited_by_bot(nick, team.bot), timeout=30)
     assert "@maya:localhost is your mentor" in told.body
-    assert "Your mentor is @maya:localhost" in await ask(nick, room, "!mentor")
+    assert "Your mentor is @maya:localhost" in (await ask(nick, room, "!mentor")).body
 
-    history = await ask(maya, dm, "!history @nick:localhost")
+    history = (await ask(maya, dm, "!history @nick:localhost")).body
     assert history.index("marked done 1.1 Bash/Terminal") < history.index("enrolled")
 
     await maya.say(dm, "!team")
@@ -176,7 +176,7 @@ async def test_mentor_sees_status_history_and_team_and_assigns(
     assert "<table>" in (table.formatted_body or "") and "@nick:localhost" in table.body
 
     # A mentor by power level in the team room may use mentor commands too.
-    assert "@nick:localhost" in await ask(team.pete, team.pete_dm, "!team")
+    assert "@nick:localhost" in (await ask(team.pete, team.pete_dm, "!team")).body
 
 
 async def test_mentor_answers_asked_in_a_shared_room_go_to_the_direct_chat(team: Team) -> None:
@@ -200,15 +200,15 @@ async def test_nudges_reach_idle_newcomers_once_and_escalate(
     await ask(nell, nell_dm, "!start")
     await ask(olga, olga_dm, "!start")
     # Bug (issue 10): the mentor by power level was missing from this list.
-    mentors = await ask(olga, olga_dm, "!mentor")
+    mentors = (await ask(olga, olga_dm, "!mentor")).body
     assert "@maya:localhost" in mentors and "@pete:localhost" in mentors
-    assert "is now the mentor of" in await ask(team.maya, team.maya_dm, "!assign nell")
+    assert "is now the mentor of" in (await ask(team.maya, team.maya_dm, "!assign nell")).body
     # Nell's own chat lets later members read its history: what the bot tells her alone
     # (her mentor, her nudges) goes to a private chat it opens for her.
     nell_private = await invited_by_bot(nell, team.bot)
     await nell.reply(nell_private, timeout=30)  # "maya is your mentor"
     await ask(paul, paul_dm, "!start")
-    assert "paused" in await ask(paul, paul_dm, "!pause")
+    assert "paused" in (await ask(paul, paul_dm, "!pause")).body
     idle_since = time.monotonic()
 
     await asyncio.sleep(max(0.0, idle_since + IDLE_AFTER + 0.5 - time.monotonic()))
@@ -282,23 +282,23 @@ async def test_admin_reloads_the_roadmap_and_everyone_keeps_their_progress(
     rita = await make_person("rita")
     rita_dm = await direct_chat(rita, team.bot)
     await ask(rita, rita_dm, "!start")
-    assert "Done: 1.1 Bash/Terminal" in await ask(rita, rita_dm, "!done")
+    assert "Done: 1.1 Bash/Terminal" in (await ask(rita, rita_dm, "!done")).body
     ada_dm = await direct_chat(team.ada, team.bot)
     original = team.roadmap.read_text()
     try:
         team.roadmap.write_text(original.replace("title: Bash/Terminal", "title: The Shell"))
         team.roadmap.write_text(team.roadmap.read_text().replace("id: tcp\n", "id: tcp-ip\n"))
-        body = await ask(team.ada, ada_dm, "!reload")
+        body = (await ask(team.ada, ada_dm, "!reload")).body
         assert "Reloaded" in body
         assert "Added (1)" in body and "Removed (1)" in body and "[tcp]" in body
         assert "Bash/Terminal → The Shell" in body
-        assert "1 done, 0 skipped, of 52 steps" in await ask(rita, rita_dm, "!progress")
-        assert "✓ 1.1 The Shell" in await ask(rita, rita_dm, "!roadmap")
+        assert "1 done, 0 skipped, of 52 steps" in (await ask(rita, rita_dm, "!progress")).body
+        assert "✓ 1.1 The Shell" in (await ask(rita, rita_dm, "!roadmap")).body
 
         team.roadmap.write_text("sections: [oops")
-        body = await ask(team.ada, ada_dm, "!reload")
+        body = (await ask(team.ada, ada_dm, "!reload")).body
         assert "refused" in body and "not valid YAML" in body
-        assert "1.2 Basic Internet" in await ask(rita, rita_dm, "!next")
+        assert "1.2 Basic Internet" in (await ask(rita, rita_dm, "!next")).body
         await team.maya.say(team.maya_dm, "!reload")
         await reply_about(team.maya, team.maya_dm, "for admins only")
     finally:

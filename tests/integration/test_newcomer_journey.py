@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
+from functools import partial
 
 import aiohttp
 import pytest
 import pytest_asyncio
 
-from bot.identity import Session, read_session
-from tests.harness import MakePerson, Person, Synapse
+from tests.harness import MakePerson, Person, Synapse, conversation
 from tests.harness.bot import BotProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -44,24 +44,13 @@ async def open_chat(person: Person, bot: BotProcess, *, encrypted: bool) -> str:
     return room
 
 
-async def ask(person: Person, room: str, command: str) -> str:
-    """Sends a command and returns the body of the one reply, checking it is threaded to it."""
-    event_id = await person.say(room, command)
-    reply = await person.reply(room, timeout=30)
-    assert reply.msgtype == "m.notice"
-    assert reply.content["m.relates_to"]["m.in_reply_to"]["event_id"] == event_id
-    return reply.body
-
-
-def session_of(bot: BotProcess) -> Session:
-    session = read_session(bot.data_dir)
-    assert session is not None, "the bot saved no session"
-    return session
+# Every answer here is a notice, threaded to the command it answers.
+ask = partial(conversation.ask, notice=True)
 
 
 async def bot_devices(bot: BotProcess) -> list[str]:
     """The bot account's devices, as the homeserver lists them."""
-    session = session_of(bot)
+    session = bot.session()
     async with (
         aiohttp.ClientSession() as http,
         http.get(
@@ -76,35 +65,35 @@ async def test_full_journey_in_a_group_room(bot: BotProcess, make_person: MakePe
     nina = await make_person("nina")
     room = await open_chat(nina, bot, encrypted=False)
 
-    assert "step 1 of 52" in await ask(nina, room, "!start")
-    body = await ask(nina, room, "!next")
+    assert "step 1 of 52" in (await ask(nina, room, "!start")).body
+    body = (await ask(nina, room, "!next")).body
     assert "1.1 Bash/Terminal" in body and "SSH" in body and "goodreads.com" in body
 
-    body = await ask(nina, room, "!done")
+    body = (await ask(nina, room, "!done")).body
     assert "Done: 1.1 Bash/Terminal" in body and "step 2 of 52" in body
 
-    assert "step 3 of 52" in await ask(nina, room, "!skip")
-    body = await ask(nina, room, "!undo")
+    assert "step 3 of 52" in (await ask(nina, room, "!skip")).body
+    body = (await ask(nina, room, "!undo")).body
     assert "Undone: 1.2" in body and "step 2 of 52" in body
 
-    body = await ask(nina, room, "!goto docker")
+    body = (await ask(nina, room, "!goto docker")).body
     assert "11.1 Docker" in body
-    assert "Working on 11.1 Docker" in await ask(nina, room, "!doing")
-    body = await ask(nina, room, "!done 2.8")
+    assert "Working on 11.1 Docker" in (await ask(nina, room, "!doing")).body
+    body = (await ask(nina, room, "!done 2.8")).body
     assert "Done: 2.8 Python Web Frameworks" in body and "11.1 Docker" in body
 
-    body = await ask(nina, room, "!progress")
+    body = (await ask(nina, room, "!progress")).body
     assert "2 done, 0 skipped, of 52 steps" in body
 
-    body = await ask(nina, room, "!roadmap")
+    body = (await ask(nina, room, "!roadmap")).body
     assert "✓ 1.1 Bash/Terminal" in body and "◐ 11.1 Docker" in body
 
-    body = await ask(nina, room, "!resources web server")
+    body = (await ask(nina, room, "!resources web server")).body
     assert "docs.nginx.com" in body
 
-    assert "could be more than one step" in await ask(nina, room, "!goto web")
-    assert "Did you mean" in await ask(nina, room, "!dnoe")
-    assert "!progress" in await ask(nina, room, "!help")
+    assert "could be more than one step" in (await ask(nina, room, "!goto web")).body
+    assert "Did you mean" in (await ask(nina, room, "!dnoe")).body
+    assert "!progress" in (await ask(nina, room, "!help")).body
 
     # Chat that is not a command, and notices from other bots, get no answer.
     await nina.say(room, "thanks, that was helpful")
@@ -141,10 +130,10 @@ async def test_restart_keeps_progress_and_answers_what_came_meanwhile_once(
 ) -> None:
     rosa = await make_person("rosa")
     room = await open_chat(rosa, bot, encrypted=True)
-    assert "step 1 of 52" in await ask(rosa, room, "!start")
-    assert "step 2 of 52" in await ask(rosa, room, "!done")
+    assert "step 1 of 52" in (await ask(rosa, room, "!start")).body
+    assert "step 2 of 52" in (await ask(rosa, room, "!done")).body
 
-    device_before = session_of(bot).device_id
+    device_before = bot.session().device_id
     devices_before = await bot_devices(bot)
     assert device_before in devices_before
     assert await bot.stop() == 0
@@ -161,7 +150,7 @@ async def test_restart_keeps_progress_and_answers_what_came_meanwhile_once(
 
     # The same device is reused across restarts: one device for the bot, ever.
     session_file = bot.data_dir / "session.json"
-    assert session_of(bot).device_id == device_before
+    assert bot.session().device_id == device_before
     assert oct(session_file.stat().st_mode)[-3:] == "600"
     assert await bot_devices(bot) == devices_before
 

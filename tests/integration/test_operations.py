@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -22,7 +23,7 @@ import pytest_asyncio
 
 from bot.identity import read_session
 from bot.logs import READY
-from tests.harness import MakePerson, MakeSynapse, Person, Synapse
+from tests.harness import MakePerson, MakeSynapse, Person, Synapse, conversation
 from tests.harness.bot import BotProcess, new_bot
 from tests.harness.listener import free_port, metric
 
@@ -80,9 +81,8 @@ async def chat(person: Person, bot: BotProcess) -> str:
     return room
 
 
-async def ask(person: Person, room: str, command: str) -> str:
-    await person.say(room, command)
-    return (await person.reply(room, timeout=30)).body
+# The next message after each command, whatever it answers.
+ask = partial(conversation.ask, threaded=False)
 
 
 async def test_env_override_and_password_file_are_enough_to_log_in(ops: Ops) -> None:
@@ -107,10 +107,10 @@ async def test_logs_are_json_lines_without_secrets(ops: Ops) -> None:
 async def test_metrics_after_a_conversation(ops: Ops, make_person: MakePerson) -> None:
     uma = await make_person("uma", server=ops.synapse)
     room = await chat(uma, ops.bot)
-    assert "step 1 of 52" in await ask(uma, room, "!start")
-    assert "step 2 of 52" in await ask(uma, room, "!done")
-    assert "Did you mean" in await ask(uma, room, "!dnoe")
-    assert "for mentors only" in await ask(uma, room, "!team")
+    assert "step 1 of 52" in (await ask(uma, room, "!start")).body
+    assert "step 2 of 52" in (await ask(uma, room, "!done")).body
+    assert "Did you mean" in (await ask(uma, room, "!dnoe")).body
+    assert "for mentors only" in (await ask(uma, room, "!team")).body
 
     status, text = await get(f"{ops.base}/metrics")
     assert status == 200
@@ -137,7 +137,7 @@ async def test_a_burst_is_committed_together_and_each_command_answered(
     people = [await make_person(name, server=ops.synapse) for name in ("xena", "yuri", "zoe")]
     rooms = [await chat(person, ops.bot) for person in people]
     for person, room in zip(people, rooms, strict=True):
-        assert "step 1 of 52" in await ask(person, room, "!start")
+        assert "step 1 of 52" in (await ask(person, room, "!start")).body
     _, before = await get(f"{ops.base}/metrics")
     # Frozen, the bot cannot sync: the three commands reach it in at most two syncs (the
     # long poll in flight may carry the first one alone).
@@ -247,7 +247,7 @@ async def test_health_is_503_while_the_homeserver_is_down(ops: Ops) -> None:
 async def test_sigterm_mid_conversation_loses_nothing(ops: Ops, make_person: MakePerson) -> None:
     walt = await make_person("walt", server=ops.synapse)
     room = await chat(walt, ops.bot)
-    assert "step 1 of 52" in await ask(walt, room, "!start")
+    assert "step 1 of 52" in (await ask(walt, room, "!start")).body
     sent = [await walt.say(room, "!done") for _ in range(5)]
     await asyncio.sleep(0.3)  # some are being handled right now
     assert ops.bot.proc is not None
@@ -261,7 +261,7 @@ async def test_sigterm_mid_conversation_loses_nothing(ops: Ops, make_person: Mak
     answered = [r.content["m.relates_to"]["m.in_reply_to"]["event_id"] for r in replies]
     assert sorted(answered) == sorted(sent), "every command exactly one reply"
     await walt.no_more_replies(room, wait=3)
-    assert "5 done, 0 skipped, of 52 steps" in await ask(walt, room, "!progress")
+    assert "5 done, 0 skipped, of 52 steps" in (await ask(walt, room, "!progress")).body
 
 
 async def test_a_nudge_signal_during_start_up_waits_for_the_scheduler(

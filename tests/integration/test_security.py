@@ -14,13 +14,14 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 from urllib.parse import quote
 
 import pytest
 import pytest_asyncio
 
 from bot.dev.process import NotReady
-from tests.harness import MakePerson, MakeSynapse, Person, ReceivedMessage, Synapse
+from tests.harness import MakePerson, MakeSynapse, Person, ReceivedMessage, Synapse, conversation
 from tests.harness.attacker import (
     api,
     bot_events,
@@ -33,6 +34,7 @@ from tests.harness.attacker import (
     text_of,
 )
 from tests.harness.bot import BotProcess, new_bot, open_chat, running
+from tests.harness.conversation import answered, reply_to
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -44,34 +46,8 @@ NEVER = "0 0 1 1 *"  # a crontab that does not fire during a test: SIGUSR1 runs 
 # --------------------------------------------------------------------------- helpers
 
 
-def answered(message: ReceivedMessage) -> str | None:
-    """The event id a reply answers (m.relates_to.m.in_reply_to), or None."""
-    relates = message.content.get("m.relates_to") or {}
-    return (relates.get("m.in_reply_to") or {}).get("event_id")
-
-
-async def reply_to(
-    person: Person, room: str, event_id: str, timeout: float = 30
-) -> ReceivedMessage:
-    """The message in `room` that answers `event_id`, skipping others (greetings, notes)."""
-    deadline = time.monotonic() + timeout
-    skipped: list[str] = []
-    while (remaining := deadline - time.monotonic()) > 0:
-        try:
-            message = await person.reply(room, timeout=remaining)
-        except AssertionError:
-            break
-        if answered(message) == event_id:
-            return message
-        skipped.append(message.body[:60])
-    raise AssertionError(
-        f"{person.user_id}: no answer to {event_id} in {room} within {timeout:.0f}s "
-        f"(other messages: {skipped})"
-    )
-
-
-async def ask(person: Person, room: str, command: str, timeout: float = 30) -> ReceivedMessage:
-    return await reply_to(person, room, await person.say(room, command), timeout)
+# The answer to each command, past whatever else the bot says in the room meanwhile.
+ask = partial(conversation.ask, skipping=True)
 
 
 async def answer(person: Person, room: str, command: str, bot_id: str) -> ReceivedMessage:

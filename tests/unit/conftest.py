@@ -25,7 +25,6 @@ from bot.team import Team, TeamState
 ROOT = Path(__file__).resolve().parents[2]
 ROADMAP_FILE = ROOT / "roadmap.yaml"
 EXAMPLE_CONFIG = ROOT / "config.example.yaml"
-SEED_FILE = Path("/work/shared/seeds/000_c581697c755e9e56.txt")
 
 NEWCOMER = "@newbie:example.org"
 MENTOR = "@mentor:example.org"

@@ -183,6 +183,30 @@ def test_behind_pace_after_is_a_duration_of_five_days_by_default(write_yaml) -> 
         assert line.startswith(f"{path}: nudges.behind_pace_after: {problem}")
 
 
+def test_a_crontab_is_kept_as_its_trigger_in_the_sections_time_zone(write_yaml) -> None:
+    data = minimal(password="x")
+    data["nudges"] = {"schedule": "30 8 * * mon-fri", "timezone": "Europe/Berlin"}
+    data["digest"] = {}
+    config = load_config(write_yaml(data, "a.yaml"), environ={})
+    assert str(config.nudges.trigger) == (
+        "cron[month='*', day='*', day_of_week='mon-fri', hour='8', minute='30']"
+    )
+    assert str(config.nudges.trigger.timezone) == "Europe/Berlin"
+    assert config.digest is not None
+    assert str(config.digest.trigger) == (
+        "cron[month='*', day='*', day_of_week='mon', hour='9', minute='0']"
+    )
+
+    data["nudges"] = {"schedule": "every morning"}
+    path = write_yaml(data, "b.yaml")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, environ={})
+    assert problem_lines(exc) == [
+        f"{path}: nudges.schedule: 'every morning' is not a 5-field crontab expression like "
+        "'0 10 * * mon-fri' (Wrong number of fields; got 2, expected 5)"
+    ]
+
+
 @pytest.mark.parametrize("text", ["3 days", "", "-1d", "0s", "3", "d", "3y"])
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="like 30s, 45m, 12h, 3d or 1w"):
