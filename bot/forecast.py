@@ -8,12 +8,12 @@ counts, nights included, so a working day of estimate is one day of such working
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from bot.progress import Progress, State, is_finished
 from bot.roadmap import ESTIMATE, Roadmap
-from bot.timeutil import working_time_between
+from bot.timeutil import working_time_between, working_time_by_day
 
 WORKING_DAY = timedelta(days=1)  # of working time, as timeutil counts it
 HOURS_PER_WORKING_DAY = 8  # what an estimate in hours is a share of: "4h" is half a day
@@ -113,12 +113,8 @@ def landing_day(
     """The working day in `tz` on which `work` of working time from `start` is complete: the
     first working day from `start`'s when there is none to do."""
     # Each day's share of working time is timeutil's; this only walks the days.
-    day = start.astimezone(tz).date()
-    cursor = start
-    while True:
-        midnight = datetime.combine(day + timedelta(days=1), time(0), tzinfo=tz).astimezone(UTC)
-        available = working_time_between(cursor, midnight, tz, working_days)
+    for day, available in working_time_by_day(start, tz, working_days):
         if day.weekday() in working_days and available >= work:
             return day
         work -= available
-        cursor, day = max(cursor, midnight), day + timedelta(days=1)
+    raise AssertionError("unreachable: the days never run out")

@@ -7,7 +7,7 @@ team's time zone, so a weekend or a daylight-saving night is measured the way pe
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
@@ -148,6 +148,31 @@ def working_time_between(
                 total += overlap
         day, day_start = day + _DAY, day_end
     return total
+
+
+def working_time_by_day(
+    start: datetime, tz: ZoneInfo, working_days: frozenset[int]
+) -> Iterator[tuple[date, timedelta]]:
+    """Each calendar day in `tz` from `start`'s own on, with the working time in it from `start`
+    on: day by day what `working_time_between(start, the end of that day)` adds, one step each
+    (a forecast walks months of days; calling that for each one cost milliseconds)."""
+    start = _aware(start, "start")
+    first = start.astimezone(tz).date()
+    # From the day before, as in working_time_between: a zone's skipped midnight can put part
+    # of that day after `start`, and it counts with `start`'s own.
+    day, carry = first - _DAY, timedelta(0)
+    day_start = _midnight(day, tz)
+    while True:
+        day_end = _midnight(day + _DAY, tz)
+        share = timedelta(0)
+        if day.weekday() in working_days and day_end > start:
+            share = day_end - max(start, day_start)
+        if day < first:
+            carry = share
+        else:
+            yield day, share + carry
+            carry = timedelta(0)
+        day, day_start = day + _DAY, day_end
 
 
 def is_working_day(at: datetime, tz: ZoneInfo, working_days: frozenset[int]) -> bool:

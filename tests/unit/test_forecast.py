@@ -7,16 +7,18 @@ Sunday 25 October (a 25-hour day); a team that works Sunday to Thursday has thos
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bot.forecast import HORIZON, Forecast, estimate_days, forecast, landing_day
 from bot.progress import Progress, State
 from bot.roadmap import Roadmap, parse_roadmap
-from bot.timeutil import DEFAULT_WORKING_DAYS, parse_working_days
+from bot.timeutil import DEFAULT_WORKING_DAYS, parse_working_days, working_time_between
 from tests.unit.common import BERLIN
 
 TOKYO = ZoneInfo("Asia/Tokyo")
@@ -226,3 +228,58 @@ def test_a_sunday_to_thursday_week_across_the_autumn_clock_change(paced: Roadmap
     assert found.elapsed == 5 * DAY  # Monday 08:00 to Monday 08:00, the long Sunday off
     assert found.behind_days == 2
     assert found.finish is not None and found.finish.weekday() in MON_FRI
+
+
+# --- the walk against the definition --------------------------------------------------------
+
+ZONES = [BERLIN, TOKYO, ZoneInfo("America/Santiago"), ZoneInfo("Pacific/Apia"), ZoneInfo("UTC")]
+WEEKS = [MON_FRI, SUN_THU, frozenset({2}), frozenset(range(7))]
+
+
+def landing_day_by_definition(
+    start: datetime, work: timedelta, tz: ZoneInfo, working_days: frozenset[int]
+) -> date:
+    """The first working day by whose end `work` of working time from `start` is done, each
+    day's share taken from working_time_between (what landing_day must agree with)."""
+    day, cursor = start.astimezone(tz).date(), start
+    while True:
+        midnight = datetime.combine(day + DAY, datetime.min.time(), tzinfo=tz).astimezone(UTC)
+        available = working_time_between(cursor, midnight, tz, working_days)
+        if day.weekday() in working_days and available >= work:
+            return day
+        work -= available
+        cursor, day = max(cursor, midnight), day + DAY
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.datetimes(datetime(2025, 1, 1), datetime(2028, 12, 31), timezones=st.just(UTC)),
+    minutes=st.integers(0, 60 * 24 * 200),
+    tz=st.sampled_from(ZONES),
+    working_days=st.sampled_from(WEEKS),
+)
+def test_landing_day_walks_the_days_as_working_time_counts_them(
+    start: datetime, minutes: int, tz: ZoneInfo, working_days: frozenset[int]
+) -> None:
+    work = timedelta(minutes=minutes)
+    expected = landing_day_by_definition(start, work, tz, working_days)
+    assert landing_day(start, work, tz, working_days) == expected
+
+
+@pytest.mark.parametrize(
+    ("tz", "change"),
+    [  # the instants clocks change, in UTC: Santiago changes at local midnight
+        (ZoneInfo("America/Santiago"), datetime(2026, 4, 5, 3, 0, tzinfo=UTC)),
+        (ZoneInfo("America/Santiago"), datetime(2026, 9, 6, 4, 0, tzinfo=UTC)),
+        (BERLIN, datetime(2026, 3, 29, 1, 0, tzinfo=UTC)),
+        (BERLIN, datetime(2026, 10, 25, 1, 0, tzinfo=UTC)),
+    ],
+)
+def test_landing_day_around_clock_changes(tz: ZoneInfo, change: datetime) -> None:
+    for quarter in range(-12, 13):
+        start = change + timedelta(minutes=15 * quarter)
+        for hours in (0, 1, 22, 23, 24, 25, 26, 49):
+            for week in WEEKS:
+                work = timedelta(hours=hours)
+                expected = landing_day_by_definition(start, work, tz, week)
+                assert landing_day(start, work, tz, week) == expected, (start, hours, week)
