@@ -24,9 +24,9 @@ a fourth of the bot alone:
   bot answers that as `!done <the step shown>`, in reply to the message reacted to. Each
   reaction is timed until that reply arrives and set against the command's round trip (issue
   13: a reaction is answered as fast as the command it stands for). The two room kinds go at
-  once, a quarter second apart; each ✅ walks a step, 32 of the roadmap's 52.
+  once, a quarter second apart; each ✅ walks a step, 27 of the roadmap's 52.
 
-Run: .venv/bin/python -m bench.latency [--n 50] [--paced-rounds 30] [--reaction-rounds 30]
+Run: .venv/bin/python -m bench.latency [--n 40] [--paced-rounds 30] [--reaction-rounds 25]
 [--crowd 20] [--quick]
 No assertions: machines are shared and noisy. Targets (issues 11, 13): ratio of medians <= 1.05
 and ratio of p95s <= 1.10 in every pattern (bot against echo bot; reaction against command).
@@ -536,7 +536,7 @@ def report(results: dict[str, Any]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n", type=int, default=50, help="back-to-back round trips per bot")
+    parser.add_argument("--n", type=int, default=40, help="back-to-back round trips per bot")
     parser.add_argument("--warmup", type=int, default=5, help="back-to-back rounds not counted")
     parser.add_argument(
         "--paced-rounds", type=int, default=30, help="paced commands per bot and room kind"
@@ -544,14 +544,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reaction-rounds",
         type=int,
-        default=30,
+        default=25,
         help="paced reaction: commands and reactions per room kind (each walks a step)",
     )
     parser.add_argument("--crowd", type=int, default=20, help="people in the crowd pattern")
     parser.add_argument(
         "--crowd-rounds",
         type=int,
-        default=12,
+        default=8,
         help="seconds (periods) of the crowd pattern, shared by the two bots",
     )
     parser.add_argument(
