@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 from bot import admin
@@ -40,7 +41,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{len(roadmap.all_urls())} links"
     )
     if args.online:
-        problems = asyncio.run(admin.online_check(config))
+        try:
+            problems = asyncio.run(admin.online_check(config))
+        except (StorageFault, SchemaTooNew) as exc:
+            return _storage_failed(config, exc)
         for problem in problems:
             print(f"{args.config}: {problem}", file=sys.stderr)
         if problems:
@@ -51,17 +55,32 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _loaded(args: argparse.Namespace) -> tuple[Config, Roadmap] | int:
     try:
-        return _load(args.config)
+        loaded = _load(args.config)
     except (ConfigError, RoadmapError) as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
+    _admin_logging(loaded[0])
+    return loaded
+
+
+def _admin_logging(config: Config) -> None:
+    """An admin command says what went wrong itself, in one line on stderr (its output is on
+    stdout): the store's own ERROR line would say it twice. At logging.level DEBUG everything
+    goes to stderr."""
+    if config.logging.level == "DEBUG":
+        logging.basicConfig(stream=sys.stderr, level=logging.DEBUG)
+    else:
+        logging.getLogger().addHandler(logging.NullHandler())
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     loaded = _loaded(args)
     if isinstance(loaded, int):
         return loaded
-    text = asyncio.run(admin.export(loaded[0], args.format, args.table))
+    try:
+        text = asyncio.run(admin.export(loaded[0], args.format, args.table))
+    except (StorageFault, SchemaTooNew) as exc:
+        return _storage_failed(loaded[0], exc)
     if args.output in (None, "-"):
         sys.stdout.write(text)
     else:
@@ -81,6 +100,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     except LookupError as exc:
         print(exc, file=sys.stderr)
         return EXIT_FAILURE
+    except (StorageFault, SchemaTooNew) as exc:
+        return _storage_failed(loaded[0], exc)
     return EXIT_OK
 
 
@@ -88,7 +109,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
     loaded = _loaded(args)
     if isinstance(loaded, int):
         return loaded
-    asyncio.run(admin.backup(loaded[0], args.to))
+    try:
+        asyncio.run(admin.backup(loaded[0], args.to))
+    except (StorageFault, SchemaTooNew) as exc:
+        return _storage_failed(loaded[0], exc)
     print(f"backed up {loaded[0].database_path} to {args.to}")
     return EXIT_OK
 
@@ -146,6 +170,16 @@ def _cannot_start(exc: Exception) -> int:
     return EXIT_FAILURE
 
 
+def _storage_failed(config: Config, exc: StorageFault | SchemaTooNew) -> int:
+    """An admin command that met a storage fault: one line on stderr with what to do (the
+    traceback too at logging.level DEBUG)."""
+    if config.logging.level == "DEBUG":
+        traceback.print_exception(exc, file=sys.stderr)
+    advice = exc.advice if isinstance(exc, StorageFault) else ""
+    print(f"cannot go on: {exc}{f'; {advice}' if advice else ''}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
 def _secrets(config: Config) -> list[str]:
     """What the log must never show."""
     m = config.matrix
@@ -177,6 +211,8 @@ def cmd_reset_identity(args: argparse.Namespace) -> int:
     except FatalMatrixError as exc:
         print(exc, file=sys.stderr)
         return EXIT_FAILURE
+    except StorageFault as exc:
+        return _storage_failed(config, exc)
     print(f"{config.matrix.user_id} has a new cross-signing identity.")
     if where is not None:
         print(f"Its new recovery key is in {where}: move it to your secret store now.")

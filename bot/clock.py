@@ -41,6 +41,7 @@ class ServerClock:
         self.local = local
         self.offset = timedelta(0)
         self.checked_at: float | None = None  # time.monotonic() of the last measurement
+        self.measured = False  # the homeserver's time is known (a Date header was read)
 
     def now(self) -> datetime:
         return self.local() + self.offset
@@ -58,6 +59,7 @@ class ServerClock:
     def observe(self, offset: timedelta) -> None:
         was = self.skewed
         self.checked_at = time.monotonic()
+        self.measured = True
         self.offset = offset if abs(offset) > RESOLUTION else timedelta(0)
         if self.skewed and not was:
             log.warning(

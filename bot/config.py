@@ -225,7 +225,7 @@ class HttpConfig(_Section):
     def _listen(cls, value: str | None) -> str | None:
         if value is not None:
             host, sep, port = value.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            if not sep or not host or not port.isdecimal() or not 0 < int(port) < 65536:
                 raise ValueError(f"{value!r} must be host:port, e.g. 127.0.0.1:9100")
         return value
 

@@ -50,7 +50,8 @@ class StorageFault(Exception):
     def advice(self) -> str:
         """What ops should do, for the one line the bot prints when it cannot start."""
         return {
-            FULL: "free some space there; the bot goes on by itself once it can write",
+            FULL: "free some space there, then start the bot again (a disk that fills up "
+            "while it runs is waited out)",
             BUSY: "another process holds the database: stop it (a second bot, an open "
             "sqlite3 shell)",
             READ_ONLY: "make the directory writable for the bot's user; a filesystem that "
@@ -63,7 +64,9 @@ class StorageFault(Exception):
     def reason(self) -> str:
         """For /healthz and people: what is wrong, in the words ops search for."""
         if self.kind == FULL:
-            return f"database: no space left on {self.path.parent}"
+            # A file of the bot's own (its session, keys, lock) fills the same disk.
+            what = "database" if self.path.suffix == ".db" else "data_dir"
+            return f"{what}: no space left on {self.path.parent}"
         if self.kind == BUSY:
             return "database locked by another process"
         if self.kind == READ_ONLY:
@@ -97,7 +100,15 @@ def fault_from(error: BaseException, path: Path) -> StorageFault | None:
     return StorageFault(kind, path, " ".join(statement.split())[:200], str(error))
 
 
-def key_store_fault(error: BaseException, path: Path) -> StorageFault | None:
+def file_fault(error: OSError, path: Path, doing: str) -> StorageFault:
+    """The fault of writing one of the bot's own files in data_dir (its session, its keys, its
+    lock): no space, a read-only directory, or an I/O error."""
+    return StorageFault(_os_kind(error, path), path, doing, str(error))
+
+
+def key_store_fault(
+    error: BaseException, path: Path, doing: str = "nio's key store, during a sync"
+) -> StorageFault | None:
     """A fault of nio's key store (SQLite too, in data_dir), or None. Its errors come through
     peewee, which raises its own exception with SQLite's as the context."""
     cause: BaseException | None = error
@@ -107,7 +118,7 @@ def key_store_fault(error: BaseException, path: Path) -> StorageFault | None:
         cause = cause.__cause__ or cause.__context__
     if not isinstance(cause, sqlite3.Error) or (kind := kind_of(cause, path)) is None:
         return None
-    return StorageFault(kind, path, "nio's key store, during a sync", str(cause))
+    return StorageFault(kind, path, doing, str(cause))
 
 
 def noting(error: BaseException, statement: str) -> None:
@@ -188,7 +199,7 @@ def lock_data_dir(data_dir: Path) -> int:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
-        raise StorageFault(_os_kind(exc, path), path, f"opening {path}", str(exc)) from exc
+        raise file_fault(exc, path, f"opening {path}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -198,6 +209,10 @@ def lock_data_dir(data_dir: Path) -> int:
             f"another bot is running on {data_dir} (pid {holder}); stop it first, or give "
             "this one a storage.data_dir of its own"
         ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    try:  # the pid, for the message above (a full disk has no room even for that)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError as exc:
+        os.close(fd)
+        raise file_fault(exc, path, f"writing {path}") from exc
     return fd

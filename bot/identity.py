@@ -22,6 +22,7 @@ from nio.store import DefaultStore
 from bot import cross_signing as xs
 from bot import secret_storage as ss
 from bot.config import ENV_PASSWORD, ENV_RECOVERY_KEY, Config, MatrixConfig
+from bot.faults import StorageFault, file_fault, key_store_fault
 
 log = logging.getLogger(__name__)
 
@@ -79,24 +80,30 @@ def write_private(path: Path, text: str) -> None:
     start: lost to a power cut soon after, the bot would come back as a new device, or not
     at all (an identity on the server and no keys for it). So the text goes to a file aside,
     synced, then renamed over the old one, and the rename is synced: a crash leaves the old
-    file or the new one, complete."""
+    file or the new one, complete.
+
+    A disk that is full or read-only raises a StorageFault naming the file (the bot says so in
+    one line and exits)."""
     aside = path.with_name(f".{path.name}.new")
-    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(aside, 0o600)
-        os.replace(aside, path)
-    except BaseException:
-        aside.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(aside, 0o600)
+            os.replace(aside, path)
+        except BaseException:
+            aside.unlink(missing_ok=True)
+            raise
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError as exc:
+        raise file_fault(exc, path, f"writing {path}") from exc
 
 
 def write_session(data_dir: Path, session: Session) -> None:
@@ -246,10 +253,28 @@ class Identity:
         return session
 
     async def login(self) -> None:
-        """Reuses the saved device when there is one: a new device per start breaks E2EE."""
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.data_dir, 0o700)
-        (self.data_dir / "crypto").mkdir(exist_ok=True, mode=0o700)
+        """Reuses the saved device when there is one: a new device per start breaks E2EE.
+        A disk that fails it (the session, nio's key store) raises a StorageFault."""
+        crypto = self.data_dir / "crypto"
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.data_dir, 0o700)
+            crypto.mkdir(exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise file_fault(exc, crypto, f"creating {crypto}") from exc
+        try:
+            await self._login()
+        except StorageFault:
+            raise
+        except Exception as exc:
+            # nio opens its key store (SQLite, in data_dir/crypto) as it logs in.
+            keys = crypto / f"{self.client.user_id}_{self.client.device_id}.db"
+            fault = key_store_fault(exc, keys, "nio's key store, at login")
+            if fault is None:
+                raise
+            raise fault from exc
+
+    async def _login(self) -> None:
         m = self.config
         session = self._load_session()
         if session is None and m.access_token:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,9 @@ class Retry(Exception):
     """This sync's events come again with the next one, after a pause (the reason)."""
 
 
+EventCallback = Callable[[MatrixRoom, Any], Awaitable[None]]
+
+
 class MatrixBot:
     def __init__(
         self,
@@ -111,11 +115,18 @@ class MatrixBot:
         self._inbox: list[tuple[Incoming, float]] = []  # this sync's commands, as they arrived
         self._first_start_ms = 0
         self.synced = asyncio.Event()
-        self.client.add_event_callback(self._on_invite, InviteMemberEvent)
-        self.client.add_event_callback(self._on_message, RoomMessageText)
-        self.client.add_event_callback(self._on_reaction, ReactionEvent)
-        self.client.add_event_callback(self._on_poll_response, UnknownEvent)
-        self.client.add_event_callback(self._on_undecryptable, MegolmEvent)
+        # Events skipped for good (read at start, then added to): see `_guarded`.
+        self._quarantined: set[str] = set()
+        self._failed_in_sync: list[str] = []  # events whose callback failed in this sync
+        self._times_clamped = False  # stored times ahead of the homeserver's brought back
+        for callback, kind in (
+            (self._on_invite, InviteMemberEvent),
+            (self._on_message, RoomMessageText),
+            (self._on_reaction, ReactionEvent),
+            (self._on_poll_response, UnknownEvent),
+            (self._on_undecryptable, MegolmEvent),
+        ):
+            self.client.add_event_callback(self._guarded(callback), kind)
         # Invites are answered by a task of their own: a flood of them never holds up syncs.
         self._invites: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._told_undecryptable = Recent(ttl_s=3600)  # senders told in the last hour
@@ -145,6 +156,23 @@ class MatrixBot:
             return
         self.metrics.clock_offset.set(self.clock.offset.total_seconds())
         self.metrics.clock_skewed.set(1 if self.clock.skewed else 0)
+        if self.clock.measured and not self._times_clamped:
+            await self._clamp_future_times()
+
+    async def _clamp_future_times(self) -> None:
+        """Join times an older bot took from its own clock, and its first start, may lie ahead
+        of the homeserver's time (a clock that ran ahead): every command in such a room would
+        be ignored until then. Once the server's time is known they are brought back to it."""
+        now_ms = self.clock.now_ms()
+        clamped = await self.store.clamp_future_times(now_ms, ms_keys=(FIRST_START_KEY,))
+        self._times_clamped = True
+        self._first_start_ms = min(self._first_start_ms, now_ms)
+        if clamped:
+            log.warning(
+                "%d stored time(s) (rooms joined, the first start) were ahead of the "
+                "homeserver's clock, written while this machine's ran ahead: set to its time",
+                clamped,
+            )
 
     # --- the sync loop --------------------------------------------------------------------
 
@@ -167,6 +195,7 @@ class MatrixBot:
         return True, "ok"
 
     async def run(self) -> None:
+        await self._remember_quarantined()
         first = await self.store.get_value(FIRST_START_KEY)
         if first is None:
             first = str(self.clock.now_ms())
@@ -183,6 +212,10 @@ class MatrixBot:
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _remember_quarantined(self) -> None:
+        """The events quarantined by earlier runs: skipped if a sync brings them again."""
+        self._quarantined.update(q.event_id for q in await self.store.quarantined())
 
     async def _send_when_synced(self) -> None:
         """Sending starts with the first sync: before it the bot knows none of its rooms."""
@@ -216,11 +249,14 @@ class MatrixBot:
         self, token: str | None, backoff: Backoff, full_state: bool, *, send_ahead: bool
     ) -> str:
         """One sync and its commands; returns the token to sync from next."""
+        self._failed_in_sync.clear()
         try:
             resp = await self._sync(token, SYNC_TIMEOUT_MS, full_state=full_state)
         except TRANSPORT_ERRORS as exc:
             self._sync_failed()
             raise Retry(f"sync failed: {exc!r}") from exc
+        except StorageFault:
+            raise  # the bot's own store, read or written by an event callback
         except Exception as exc:
             # nio's key store shares the disk: a write of its that fails in the middle of the
             # sync is a storage fault like the bot's own, waited out, not a reason to exit.
@@ -237,6 +273,10 @@ class MatrixBot:
                 )
             raise Retry(f"sync error: {resp.status_code} {resp.message}")
         assert isinstance(resp, SyncResponse)
+        if self._failed_in_sync:
+            # As a command that fails: the sync comes again, until the event is quarantined.
+            failed = ", ".join(self._failed_in_sync)
+            raise Retry(f"event {failed} failed; it comes again with the next sync")
         backoff.reset()
         # The homeserver answered: healthy from here (before READY, which /healthz must agree
         # with); the storage of what it brought is judged by the store's own fault.
@@ -378,6 +418,65 @@ class MatrixBot:
     def _allowed(self, user_id: str) -> bool:
         return user_id.partition(":")[2] in self.config.allowed_servers
 
+    def _guarded(self, callback: EventCallback) -> EventCallback:
+        """`callback`, as nio calls it inside a sync. An error escaping it would end the sync
+        (and the bot), and the same event would end it again after every restart: instead it
+        is logged with the event's id and counted against the event like a command's error
+        (the sync comes again), and after QUARANTINE_AFTER the event is skipped for good. A
+        storage fault is not the event's: it goes on up, to be waited out."""
+
+        async def guarded(room: MatrixRoom, event: Any) -> None:
+            event_id = getattr(event, "event_id", None)
+            if event_id in self._quarantined:
+                return
+            try:
+                await callback(room, event)
+            except StorageFault:
+                raise
+            except Exception as exc:
+                await self._event_failed(room, event, exc)
+
+        return guarded
+
+    async def _event_failed(self, room: MatrixRoom, event: Any, exc: Exception) -> None:
+        event_id = getattr(event, "event_id", None)
+        sender = str(getattr(event, "sender", ""))
+        log.exception(
+            "event %s (%s) failed",
+            event_id or "without an id",
+            type(event).__name__,
+            extra={"room": room.room_id, "sender": sender},
+        )
+        if not isinstance(event_id, str) or self._waiting_out:
+            return  # nothing to count it by, or nothing can be saved now: it was logged
+        failed = Incoming(event_id, room.room_id, sender, _summary(event))
+        if not await self._count_failure(failed, exc):
+            self._failed_in_sync.append(event_id)  # the sync comes again (`_one_sync`)
+
+    async def _count_failure(self, msg: Incoming, exc: Exception) -> bool:
+        """One more failure of an event, not the disk's; True once it is quarantined (not
+        yet, it is to come again with the next sync)."""
+        quarantined = await self.store.record_failure(
+            event_id=msg.event_id,
+            room_id=msg.room_id,
+            sender=msg.sender,
+            body=msg.body,
+            error=f"{type(exc).__name__}: {exc}",
+            at=self.clock.now(),
+            quarantine_after=QUARANTINE_AFTER,
+        )
+        if not quarantined:
+            return False
+        self._quarantined.add(msg.event_id)
+        self.metrics.quarantined.inc()
+        log.error(
+            "event %s failed %d times: quarantined (onboarding-bot status --quarantine)",
+            msg.event_id,
+            QUARANTINE_AFTER,
+            extra={"room": msg.room_id, "sender": msg.sender},
+        )
+        return True
+
     async def _on_invite(self, room: MatrixRoom, event: InviteMemberEvent) -> None:
         if self._waiting_out:
             return
@@ -444,18 +543,28 @@ class MatrixBot:
         sender = event.sender
         if sender == self.client.user_id or not self._allowed(sender):
             return
-        content = event.source.get("content", {})
-        if content.get("m.relates_to", {}).get("rel_type") == "m.replace":
+        # nio checks the body's type, not the rest of the content: anyone can send anything.
+        content = _mapping(event.source.get("content"))
+        if _mapping(content.get("m.relates_to")).get("rel_type") == "m.replace":
             return  # an edit of an earlier message is not a new command
-        if not self.dispatcher.is_command(event.body):
+        if not isinstance(event.body, str) or not self.dispatcher.is_command(event.body):
             return
+        formatted = content.get("formatted_body")
         if await self._admissible(room, event):
-            self._take(room, event, event.body, arrived, formatted=content.get("formatted_body"))
+            self._take(
+                room,
+                event,
+                event.body,
+                arrived,
+                formatted=formatted if isinstance(formatted, str) else None,
+            )
 
     async def _on_reaction(self, room: MatrixRoom, event: ReactionEvent) -> None:
         """A reaction shortcut (✅ ⏭️ 📚) on a message that showed a step to its sender runs as
         that command on that step; any other reaction does nothing."""
         arrived = time.monotonic()
+        if not isinstance(event.key, str) or not isinstance(event.reacts_to, str):
+            return
         name = command_for(event.key) if self.config.bot.reaction_shortcuts else None
         if name is None or event.sender == self.client.user_id or not self._allowed(event.sender):
             return
@@ -470,7 +579,10 @@ class MatrixBot:
         arrived = time.monotonic()
         if event.type not in POLL_RESPONSE or event.sender == self.client.user_id:
             return
-        answer, poll_id = poll_vote(event.source.get("content", {}))
+        try:
+            answer, poll_id = poll_vote(_mapping(event.source.get("content")))
+        except ValueError:  # an answer id of digits int() does not read ("²"): no vote
+            return
         if answer is None or poll_id is None or not self._allowed(event.sender):
             return
         if await self._marked_for(poll_id, "quiz", event.sender) is None:
@@ -569,6 +681,7 @@ class MatrixBot:
         """The commands of one sync, handled together (the dispatcher commits them in groups,
         the last group with the sync token)."""
         inbox, self._inbox = self._inbox, []
+        inbox = [(msg, arrived) for msg, arrived in inbox if msg.event_id not in self._quarantined]
         for msg, arrived in inbox:
             self.outbox.arrived[reply_txn_id(msg.event_id)] = arrived
         try:
@@ -607,26 +720,10 @@ class MatrixBot:
             raise
         except Exception as exc:
             log.exception("event %s failed", msg.event_id, extra={"room": msg.room_id})
-            quarantined = await self.store.record_failure(
-                event_id=msg.event_id,
-                room_id=msg.room_id,
-                sender=msg.sender,
-                body=msg.body,
-                error=f"{type(exc).__name__}: {exc}",
-                at=self.clock.now(),
-                quarantine_after=QUARANTINE_AFTER,
-            )
-            if not quarantined:
+            if not await self._count_failure(msg, exc):
                 raise Retry(
                     f"event {msg.event_id} failed; it comes again with the next sync"
                 ) from exc
-            self.metrics.quarantined.inc()
-            log.error(
-                "event %s failed %d times: quarantined (onboarding-bot status --quarantine)",
-                msg.event_id,
-                QUARANTINE_AFTER,
-                extra={"room": msg.room_id, "sender": msg.sender},
-            )
             return None
 
     async def _on_undecryptable(self, room: MatrixRoom, event: MegolmEvent) -> None:
@@ -674,3 +771,18 @@ class MatrixBot:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    """A JSON object out of an event's content, or an empty one in place of anything else."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _summary(event: Any) -> str:
+    """What an event said, for the quarantine: a message's text, else its content."""
+    body = getattr(event, "body", None)
+    if isinstance(body, str):
+        return body
+    source = getattr(event, "source", None)
+    content = source.get("content") if isinstance(source, Mapping) else None
+    return json.dumps(content, ensure_ascii=False, default=str)[:500]

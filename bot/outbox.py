@@ -44,7 +44,7 @@ from bot.e2e import DeviceTrust
 from bot.faults import StorageFault
 from bot.identity import api
 from bot.metrics import Metrics
-from bot.shortcuts import shortcut_reactions
+from bot.shortcuts import shortcut_reactions, shortcut_target
 from bot.store import CommandRecord, OutboxItem, Store
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,9 @@ READABLE_LATER = frozenset({"shared", "world_readable"})
 RETRY_CAP_S = 60.0
 SENT_BATCH = 64  # delivered messages taken out of the table together, at most
 AHEAD_WAIT_S = 2.0  # the longest a commit waits for the replies sent ahead of it
+# Replies delivered ahead of a commit that failed, remembered until that commit comes: a
+# storage fault that lasts days leaves a few per waiting command.
+REMEMBER_DELIVERED = 4096
 
 
 def encrypted_room_state() -> list[dict[str, Any]]:
@@ -89,12 +92,17 @@ def is_private_with(room: MatrixRoom | None, bot_id: str, user_id: str) -> bool:
 class Backoff:
     """Exponential backoff with full jitter, capped."""
 
+    # Doublings past this reach any cap already; more would overflow a float (after about
+    # 1025 failures: a storage fault left alone for a night).
+    MAX_DOUBLINGS = 60
+
     def __init__(self, base: float = 1.0, cap: float = 60.0) -> None:
         self.base, self.cap, self.failures = base, cap, 0
 
     def next_delay(self) -> float:
         self.failures += 1
-        return random.uniform(0, min(self.cap, self.base * 2 ** (self.failures - 1)))
+        doublings = min(self.failures - 1, self.MAX_DOUBLINGS)
+        return random.uniform(0, min(self.cap, self.base * 2.0**doublings))
 
     def reset(self) -> None:
         self.failures = 0
@@ -112,6 +120,11 @@ class _Result:
 
 
 _Sent = tuple[_Result, float]  # a try at sending, and when it ended (time.monotonic())
+
+
+async def _known(event_id: str) -> _Sent:
+    """A send the homeserver has already (as `event_id`), as a finished try."""
+    return _Result(True, event_id=event_id), time.monotonic()
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
@@ -162,6 +175,12 @@ class Outbox:
         # and claimed once their command's commit handed them over.
         self._ahead: dict[str, asyncio.Task[_Sent]] = {}
         self._claimed: dict[str, asyncio.Task[_Sent]] = {}
+        # Room -> the newest message that showed a step there (its shortcuts are the ones sent).
+        self._newest_step: dict[str, str] = {}
+        # Replies the homeserver has although their commit failed (transaction id -> event
+        # id): when the command is committed at last, perhaps after the homeserver forgot the
+        # transaction id, its reply is taken as delivered instead of being posted again.
+        self._delivered: dict[str, str] = {}
         store.on_queued = self.take
 
     # --- the task -------------------------------------------------------------------------
@@ -176,6 +195,10 @@ class Outbox:
         for item in items:
             if (sending := self._ahead.pop(item.txn_id, None)) is not None:
                 self._claimed[item.txn_id] = sending
+            elif (event_id := self._delivered.pop(item.txn_id, None)) is not None:
+                self.arrived.pop(item.txn_id, None)  # its latency was not this run's
+                delivered = asyncio.create_task(_known(event_id), name=item.room_id or "")
+                self._claimed[item.txn_id] = delivered
         self._wake.set()
 
     async def send_ahead(self, records: Sequence[CommandRecord]) -> None:
@@ -198,6 +221,8 @@ class Outbox:
             room_id = send.room_id
             if room_id is None or room_id in busy or room_id not in self.client.rooms:
                 continue
+            if txn_id in self._delivered:
+                continue  # the homeserver has it: its commit is all that is missing
             if send.to_user and not is_private_with(self.client.rooms[room_id], me, send.to_user):
                 continue
             item = OutboxItem(
@@ -220,7 +245,8 @@ class Outbox:
 
     async def delivered_ahead(self, replies: dict[str, str]) -> set[str]:
         """Of `replies` (transaction id -> what it answers) sent ahead of a commit that then
-        failed, what they answer if the homeserver has them."""
+        failed, what they answer if the homeserver has them. Those are remembered: the
+        command's commit, when it comes, does not post its reply a second time."""
         answered = set()
         for txn_id, event_id in replies.items():
             sending = self._ahead.get(txn_id)
@@ -228,9 +254,17 @@ class Outbox:
                 continue
             with contextlib.suppress(Exception):
                 result, _ = await sending
+                if result.ok and result.event_id is not None:
+                    self._remember_delivered(txn_id, result.event_id)
                 if result.ok:
                     answered.add(event_id)
         return answered
+
+    def _remember_delivered(self, txn_id: str, event_id: str) -> None:
+        self._delivered.pop(txn_id, None)
+        self._delivered[txn_id] = event_id  # the newest last
+        while len(self._delivered) > REMEMBER_DELIVERED:
+            del self._delivered[next(iter(self._delivered))]
 
     def ahead_done(self) -> None:
         """The commits are over: a reply sent ahead that no commit claimed (its command was a
@@ -397,6 +431,13 @@ class Outbox:
 
     async def _send_one(self, item: OutboxItem) -> None:
         assert item.room_id is not None
+        target = shortcut_target(item.event_type, item.content, item.txn_id)
+        if target is not None and self._newest_step.get(item.room_id, target) != target:
+            # A newer message in the room shows a step and gets shortcuts of its own: this
+            # one's, not sent yet because replies kept coming first, would only load a busy
+            # homeserver (a reaction on this message still works, typed by hand).
+            self._taken_out(item)
+            return
         sending = self._claimed.pop(item.txn_id, None)
         if sending is None and item.room_id not in self.client.rooms:
             # Just joined, the next sync brings it; a room the bot has left never comes.
@@ -478,8 +519,10 @@ class Outbox:
         gets its reaction shortcuts (sent after it, behind the replies people wait for)."""
         assert item.mark is not None and item.room_id is not None
         follow_ups = []
-        if item.mark.kind == "step" and self.reaction_shortcuts:
-            follow_ups = shortcut_reactions(item.room_id, event_id)
+        if item.mark.kind == "step":
+            self._newest_step[item.room_id] = event_id
+            if self.reaction_shortcuts:
+                follow_ups = shortcut_reactions(item.room_id, event_id)
         await self.store.delivered(item, event_id, follow_ups, at=self.clock.now())
 
     def _taken_out(self, item: OutboxItem) -> None:

@@ -57,5 +57,5 @@ def poll_vote(content: Mapping[str, Any]) -> tuple[int | None, str | None]:
     )
     answers = block.get("answers") if isinstance(block, Mapping) else None
     first = answers[0] if isinstance(answers, list) and answers else None
-    number = int(first) if isinstance(first, str) and first.isdigit() else None
+    number = int(first) if isinstance(first, str) and first.isdecimal() else None
     return number, poll if isinstance(poll, str) else None

@@ -529,7 +529,11 @@ class Store:
         except OSError as exc:
             noting(exc, f"creating {path}")
             raise _open_fault(exc, path) from exc
-        db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None)  # stops its thread if not
+        except sqlite3.Error as exc:
+            noting(exc, f"opening {path}")
+            raise _open_fault(exc, path) from exc
         try:
             db.row_factory = aiosqlite.Row
             await _execute(db, "PRAGMA busy_timeout = 5000")
@@ -601,7 +605,9 @@ class Store:
                 raise fault from exc
             if switch is not None:
                 self._synchronous = switch
-            if write and self.fault is not None:
+            # A damaged page stays damaged however many writes elsewhere succeed: only a
+            # probe that finds every page sound clears corruption (see `probe`).
+            if write and self.fault is not None and self.fault.kind != CORRUPT:
                 log.warning("storage works again: %s is cleared", self.fault.reason)
                 self.fault = None
             for user_id, progress in unit.progress.items():
@@ -631,11 +637,27 @@ class Store:
             self._on_fault(fault)
 
     async def probe(self) -> None:
-        """A write, to learn whether a storage fault has cleared; raises it if not."""
+        """A write, to learn whether a storage fault has cleared; raises it if not.
+
+        A corrupt database does not heal by itself, and a write that misses the damaged page
+        proves nothing: after corruption every page is checked first (`PRAGMA quick_check`,
+        a read), and the fault stays until none is damaged (in practice: until a backup is
+        restored and the bot restarted)."""
+        corrupt = self.fault if self.fault is not None and self.fault.kind == CORRUPT else None
+        if corrupt is not None:
+            try:
+                await self._quick_check()
+            except StorageFault as still:
+                if still is not self.fault:  # found by the check, not met by its read
+                    self._faulted(still)  # the same kind: no second ERROR line
+                raise
         await self._write(
             "INSERT INTO kv (key, value) VALUES ('probe', '1') "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
         )
+        if corrupt is not None and self.fault is corrupt:
+            log.warning("storage works again: %s is cleared", corrupt.reason)
+            self.fault = None
 
     async def _read(self, sql: str, params: Params = ()) -> list[aiosqlite.Row]:
         """A unit of work of one query: one round trip."""
@@ -1073,6 +1095,34 @@ class Store:
             (room_id, joined_at_ms, inviter),
         )
         self._joined[room_id] = joined_at_ms
+
+    async def clamp_future_times(self, now_ms: int, ms_keys: Sequence[str] = ()) -> int:
+        """Join times, and the key-value entries `ms_keys` (milliseconds), later than `now_ms`
+        set to `now_ms`; returns how many were. Older bots took these from their own clock,
+        which may have run ahead of the homeserver's. A read finds them; only when there are
+        some does one unit of work write them all."""
+        in_keys = ", ".join("?" * len(ms_keys)) or "NULL"
+        kv_ahead = f"FROM kv WHERE key IN ({in_keys}) AND CAST(value AS INTEGER) > ?"
+        [row] = await self._read(
+            "SELECT (SELECT count(*) FROM rooms WHERE joined_at_ms > ?) "
+            f"+ (SELECT count(*) {kv_ahead})",
+            (now_ms, *ms_keys, now_ms),
+        )
+        if not row[0]:
+            return 0
+        async with self._unit(write=True) as unit:
+            rooms = await unit.write(
+                "UPDATE rooms SET joined_at_ms = ? WHERE joined_at_ms > ? RETURNING room_id",
+                (now_ms, now_ms),
+            )
+            values = await unit.write(
+                f"UPDATE kv SET value = ? WHERE key IN ({in_keys}) "
+                "AND CAST(value AS INTEGER) > ? RETURNING key",
+                (str(now_ms), *ms_keys, now_ms),
+            )
+        for r in rooms.result():
+            self._joined[r["room_id"]] = now_ms
+        return len(rooms.result()) + len(values.result())
 
     async def rooms_invited_by(self, inviter: str) -> int:
         """How many rooms the bot joined on an invite from `inviter`."""

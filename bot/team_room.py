@@ -29,7 +29,7 @@ def privileged_creators(create_event: dict[str, Any]) -> frozenset[str]:
     level and have no entry in them. Earlier versions: none (their power is in the levels)."""
     content = create_event.get("content", {})
     version = str(content.get("room_version", "1"))
-    if not (version.isdigit() and int(version) >= 12) and "hydra" not in version:
+    if not (version.isdecimal() and int(version) >= 12) and "hydra" not in version:
         return frozenset()
     extra = content.get("additional_creators", [])
     return frozenset({str(create_event.get("sender", "")), *map(str, extra)} - {""})

@@ -175,7 +175,7 @@ class NumberParser(WordParser):
     type = int
 
     async def parse(self, raw: str, ctx: Ctx) -> int:
-        if not raw.isdigit() or int(raw) < 1:
+        if not raw.isdecimal() or int(raw) < 1:
             raise UsageError(texts.not_a_number(raw))
         return int(raw)
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
+
+from nio import MatrixRoom
 
 from bot.nudges import NudgePolicy
 from bot.timeutil import DEFAULT_WORKING_DAYS, parse_quiet_hours
@@ -22,3 +26,36 @@ POLICY = NudgePolicy(
     target="dm",
     team_room=None,
 )
+
+
+class _Response:
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.status, self.body = status, body
+
+    async def __aenter__(self) -> _Response:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def json(self, content_type: str | None = None) -> dict[str, Any]:
+        return self.body
+
+
+class ForgetfulHomeserver:
+    """The bot's client as the outbox uses it (unencrypted rooms), against a homeserver that
+    has forgotten every transaction id (Synapse does after a while): each PUT posts a new
+    event, `$posted<n>`. `puts` are the paths, `bodies` what was sent, in order."""
+
+    def __init__(self, user_id: str, *rooms: str) -> None:
+        self.user_id = user_id
+        self.access_token = "syt_test"
+        self.rooms = {room: MatrixRoom(room, user_id) for room in rooms}
+        self.puts: list[str] = []
+        self.bodies: list[dict[str, Any]] = []
+
+    async def send(self, method: str, path: str, data: str | None = None, **_: Any) -> _Response:
+        assert method == "PUT", path
+        self.puts.append(path)
+        self.bodies.append(json.loads(data) if data else {})
+        return _Response(200, {"event_id": f"$posted{len(self.puts)}"})

@@ -3,14 +3,24 @@ while the two clocks disagree by more than five minutes."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-from bot.clock import MAX_SKEW, RESOLUTION, ServerClock, offset_from
+from nio import AsyncClient, Event, MatrixRoom
+
+from bot.clock import CHECK_EVERY_S, MAX_SKEW, RESOLUTION, ServerClock, offset_from
+from bot.matrix import FIRST_START_KEY
 from bot.roadmap import Roadmap
 from bot.scheduler import Jobs
 from bot.store import Store
 from bot.team import Team, TeamState
 from tests.unit.common import POLICY
+from tests.unit.conftest import NEWCOMER, ROOM, make_dispatcher
+from tests.unit.test_store_faults import BOT, matrix_bot
 
 LOCAL = datetime(2026, 3, 5, 10, 0, 0, 500_000, tzinfo=UTC)
 
@@ -77,3 +87,71 @@ async def test_nudges_are_held_while_the_clock_is_skewed(store: Store, roadmap: 
     clock.observe(timedelta(0))
     await jobs.nudge_sweep()
     assert calls == [LOCAL]
+
+
+class HomeserverDate(ServerClock):
+    """A clock whose `check` reads `server` as the homeserver's Date header would give it
+    (no network: what the header says is the test's to choose)."""
+
+    def __init__(self, local: Callable[[], datetime], server: datetime) -> None:
+        super().__init__(local)
+        self.server = server
+        self.checks = 0
+
+    async def check(self, client: AsyncClient) -> None:
+        self.checks += 1
+        self.observe(self.server - self.local())
+
+
+async def test_join_times_stored_ahead_of_the_server_are_brought_back_at_start(
+    store: Store, roadmap: Roadmap, tmp_path: Path
+) -> None:
+    # Bug (issue 14): an older bot, its clock 3 days ahead, stored its own time as the join
+    # time; with the clock fixed every command in that room was ignored for those 3 days.
+    server_now = datetime.now(UTC)
+    ms = int(server_now.timestamp() * 1000)
+    days_ahead, an_hour_ago = ms + 3 * 86_400_000, ms - 3_600_000
+    await store.set_room_joined(ROOM, days_ahead)
+    await store.set_room_joined("!older:example.org", an_hour_ago)
+    await store.set_value(FIRST_START_KEY, str(days_ahead))
+    clock = HomeserverDate(lambda: server_now, server_now)  # the clock is right again
+    bot = matrix_bot(store, make_dispatcher(store, roadmap), tmp_path, clock)
+
+    await bot._check_clock()  # at login: the homeserver's time is known from here
+
+    with contextlib.closing(sqlite3.connect(store.path)) as db:
+        joined = dict(db.execute("SELECT room_id, joined_at_ms FROM rooms"))
+    assert joined == {ROOM: clock.now_ms(), "!older:example.org": an_hour_ago}
+    assert await store.get_value(FIRST_START_KEY) == str(clock.now_ms())
+    command = Event.parse_event(
+        {
+            "type": "m.room.message",
+            "event_id": "$now",
+            "sender": NEWCOMER,
+            "origin_server_ts": ms + 1000,
+            "content": {"msgtype": "m.text", "body": "!status"},
+        }
+    )
+    assert await bot._admissible(MatrixRoom(ROOM, BOT), command)
+
+
+async def test_the_hourly_check_after_a_sync_notices_the_clock_running_off(
+    store: Store, roadmap: Roadmap, tmp_path: Path
+) -> None:
+    local = datetime.now(UTC)
+    clock = HomeserverDate(lambda: local, local)
+    bot = matrix_bot(store, make_dispatcher(store, roadmap), tmp_path, clock)
+    registry = bot.metrics.registry
+    await bot._check_clock()  # at login
+    await bot._after_sync()
+    assert clock.checks == 1  # not due again within the hour
+    assert registry.get_sample_value("onboarding_clock_skewed") == 0
+
+    clock.server = local - timedelta(hours=1)  # this machine's clock now runs an hour ahead
+    assert clock.checked_at is not None
+    clock.checked_at = time.monotonic() - CHECK_EVERY_S  # an hour after the last check
+    await bot._after_sync()
+    assert clock.checks == 2
+    assert registry.get_sample_value("onboarding_clock_skewed") == 1
+    assert registry.get_sample_value("onboarding_clock_offset_seconds") == -3600
+    assert clock.now() == local - timedelta(hours=1)

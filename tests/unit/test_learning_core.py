@@ -77,6 +77,7 @@ def test_polls_are_what_element_sends_and_votes_are_read_under_both_names() -> N
     stable = {"m.poll.response": {"answers": ["1"]}, "m.relates_to": relates}
     assert poll_vote(unstable) == (2, "$poll") and poll_vote(stable) == (1, "$poll")
     assert poll_vote({"m.poll.response": {"answers": ["x"]}}) == (None, None)
+    assert poll_vote({"m.poll.response": {"answers": ["²"]}}) == (None, None)  # a digit, no number
     assert poll_vote({}) == (None, None)
 
 
@@ -113,6 +114,8 @@ async def test_a_check_is_asked_answered_once_and_kept(store: Store, roadmap: Ro
 
     [bad] = await say("!answer 4")
     assert "from 1 to 3" in bad.content["body"] and await store.open_check(NEWCOMER)
+    [superscript] = await say("!answer ²")  # a digit to str.isdigit, no number to int()
+    assert "Sorry" not in superscript.content["body"] and await store.open_check(NEWCOMER)
     graded, ended = await say("!answer 2")
     assert graded.content["body"].startswith("✅ Right. scp: secure copy.")
     assert ended.event_type == POLL_END and ended.content["m.relates_to"]["event_id"] == "$poll"

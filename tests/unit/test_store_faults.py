@@ -5,20 +5,33 @@ keep failing for another reason. (A full disk is caused for real in the integrat
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import aiosqlite
 import peewee  # nio's key store's (matrix-nio[e2e])
 import pytest
+import yaml
+from nio import Event, MatrixRoom, ReactionEvent
 
-from bot.dispatch import Incoming, Unsaved
+from bot.clock import ServerClock
+from bot.config import Config
+from bot.dispatch import Dispatcher, Incoming, Unsaved, reply_txn_id
+from bot.e2e import DeviceTrust
 from bot.faults import (
     BUSY,
     CORRUPT,
+    FULL,
     READ_ONLY,
     AlreadyRunning,
     StorageFault,
@@ -26,9 +39,17 @@ from bot.faults import (
     kind_of,
     lock_data_dir,
 )
+from bot.identity import Session, read_session, write_session
+from bot.matrix import QUARANTINE_AFTER, STORAGE_RETRY_CAP_S, MatrixBot, Retry
+from bot.metrics import Metrics
+from bot.outbox import Backoff, Outbox
 from bot.roadmap import Roadmap
 from bot.store import CommandRecord, OutboxItem, Store
-from tests.unit.conftest import NEWCOMER, ROOM, make_dispatcher
+from tests.unit.common import ForgetfulHomeserver
+from tests.unit.conftest import NEWCOMER, ROADMAP_FILE, ROOM, make_dispatcher
+
+BOT = "@mentor-bot:example.org"
+OTHER = "@other:example.org"
 
 AT = datetime(2026, 3, 2, 9, tzinfo=UTC)
 
@@ -224,3 +245,334 @@ def test_a_second_bot_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
     finally:
         os.close(first)
     os.close(lock_data_dir(tmp_path / "data"))  # free again once the first is gone
+
+
+# --------------------------------------------------------------------- a fault left for hours
+
+
+def test_a_fault_left_alone_for_hours_keeps_its_retries_capped() -> None:
+    # Bug: base * 2 ** failures overflowed a float after about 1025 tries (the storage retry
+    # every 30 s or less: a night) and the OverflowError ended the bot.
+    storage = Backoff(base=0.5, cap=STORAGE_RETRY_CAP_S)
+    storage.failures = 5000
+    assert 0 <= storage.next_delay() <= STORAGE_RETRY_CAP_S
+    sync = Backoff()  # the homeserver's sync, retried as long as it fails
+    delays = [sync.next_delay() for _ in range(5000)]
+    assert max(delays) <= 60.0
+
+
+# ------------------------------------------------------------------ the Matrix edge, no network
+
+
+def matrix_bot(
+    store: Store, dispatcher: Dispatcher, tmp_path: Path, clock: ServerClock | None = None
+) -> MatrixBot:
+    """The bot's Matrix edge on a real store and dispatcher; its client never connects."""
+    config = Config.model_validate(
+        {
+            "matrix": {
+                "homeserver": "https://matrix.example.org",
+                "user_id": BOT,
+                "password": "unused",
+                "encryption": False,
+            },
+            "storage": {"data_dir": str(tmp_path / "bot-data")},
+        }
+    )
+    clock = clock or ServerClock()
+    return MatrixBot(config, store, dispatcher, dispatcher.team, Metrics(), clock)
+
+
+def quarantined_count(bot: MatrixBot) -> float:
+    return bot.metrics.registry.get_sample_value("onboarding_quarantined_total") or 0.0
+
+
+def source(event_id: str, event_type: str = "m.reaction", **content: Any) -> dict[str, Any]:
+    return {
+        "type": event_type,
+        "event_id": event_id,
+        "sender": NEWCOMER,
+        "origin_server_ts": int(time.time() * 1000),
+        "content": content,
+    }
+
+
+def room_event(event_type: str, content: dict[str, Any], event_id: str) -> Any:
+    """An event as nio parses it from a sync: whatever its sender put in its content."""
+    return Event.parse_event(source(event_id, event_type, **content))
+
+
+async def test_a_command_whose_handling_keeps_failing_is_retried_then_quarantined(
+    store: Store, roadmap: Roadmap, tmp_path: Path
+) -> None:
+    dispatcher = make_dispatcher(store, roadmap)
+    real = dispatcher.handle_all
+    seen: list[list[str]] = []
+
+    async def handle_all(msgs: Sequence[Incoming], **kwargs: Any) -> Any:
+        seen.append([m.event_id for m in msgs])
+        if any(m.event_id == "$poison" for m in msgs):
+            raise KeyError("a bug")  # not the disk's
+        return await real(msgs, **kwargs)
+
+    dispatcher.handle_all = handle_all  # type: ignore[method-assign]
+    bot = matrix_bot(store, dispatcher, tmp_path)
+    fine = Incoming("$fine", ROOM, OTHER, "!start")
+    poison = Incoming("$poison", ROOM, NEWCOMER, "!start")
+    for attempt in range(1, QUARANTINE_AFTER):
+        bot._inbox = [(fine, 0.0), (poison, 0.0)]
+        with pytest.raises(Retry, match=r"event \$poison failed"):
+            await bot._handle_inbox(f"s{attempt}", send_ahead=False)
+        assert await store.get_value("sync_token") is None  # the sync comes again
+        assert quarantined_count(bot) == 0
+    assert await store.was_handled("$fine")  # the others were answered meanwhile
+
+    bot._inbox = [(fine, 0.0), (poison, 0.0)]
+    await bot._handle_inbox("s5", send_ahead=False)
+    assert await store.get_value("sync_token") == "s5"
+    assert quarantined_count(bot) == 1
+    [q] = await store.quarantined()
+    assert (q.event_id, q.failures, q.error) == ("$poison", QUARANTINE_AFTER, "KeyError: 'a bug'")
+
+    # Skipped from now on, by this bot and by the next start's.
+    restarted = matrix_bot(store, dispatcher, tmp_path)
+    await restarted._remember_quarantined()
+    for edge in (bot, restarted):
+        seen.clear()
+        edge._inbox = [(poison, 0.0)]
+        await edge._handle_inbox("s6", send_ahead=False)
+        assert seen == [[]]
+    assert quarantined_count(bot) == 1 and quarantined_count(restarted) == 0
+
+
+async def test_an_error_escaping_an_event_callback_is_counted_not_fatal(
+    store: Store, roadmap: Roadmap, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bot = matrix_bot(store, make_dispatcher(store, roadmap), tmp_path)
+    room = MatrixRoom(ROOM, BOT)
+    event = room_event("m.room.message", {"msgtype": "m.text", "body": "!status"}, "$bad")
+    calls = 0
+
+    async def broken(room: MatrixRoom, event: Any) -> None:
+        nonlocal calls
+        calls += 1
+        raise AttributeError("'str' object has no attribute 'get'")
+
+    guarded = bot._guarded(broken)
+    for _ in range(QUARANTINE_AFTER - 1):
+        bot._failed_in_sync.clear()
+        with caplog.at_level(logging.ERROR, logger="bot.matrix"):
+            await guarded(room, event)  # nio's sync goes on
+        assert bot._failed_in_sync == ["$bad"]  # and then comes again
+    assert "event $bad (RoomMessageText) failed" in caplog.text
+    bot._failed_in_sync.clear()
+    await guarded(room, event)
+    assert bot._failed_in_sync == [] and quarantined_count(bot) == 1
+    [q] = await store.quarantined()
+    assert q.event_id == "$bad" and "AttributeError" in q.error and q.body == "!status"
+    await guarded(room, event)
+    assert calls == QUARANTINE_AFTER  # skipped once quarantined
+
+
+async def test_malformed_events_do_not_break_the_event_callbacks(
+    store: Store, roadmap: Roadmap, tmp_path: Path
+) -> None:
+    bot = matrix_bot(store, make_dispatcher(store, roadmap), tmp_path)
+    room = MatrixRoom(ROOM, BOT)
+    text = {"msgtype": "m.text", "body": "!status"}
+    malformed = [
+        (bot._on_message, room_event("m.room.message", {**text, "m.relates_to": "x"}, "$1")),
+        (bot._on_message, room_event("m.room.message", {**text, "m.relates_to": ["x"]}, "$2")),
+        # nio checks a reaction's key and target; the callback does not count on it.
+        (bot._on_reaction, ReactionEvent(source("$3"), "$r", 5)),  # type: ignore[arg-type]
+        (bot._on_reaction, ReactionEvent(source("$4"), 7, "✅")),  # type: ignore[arg-type]
+    ]
+    for answers in ("1", ["²"], [{"id": "1"}]):
+        vote = {
+            "m.relates_to": {"rel_type": "m.reference", "event_id": "$poll"},
+            "org.matrix.msc3381.poll.response": {"answers": answers},
+        }
+        malformed.append((bot._on_poll_response, room_event("m.poll.response", vote, "$5")))
+    for callback, event in malformed:
+        await callback(room, event)
+    # A message whose m.relates_to is no object is still a command (it edits nothing).
+    assert [m.event_id for m, _ in bot._inbox] == ["$1", "$2"]
+
+
+# ----------------------------------------------------------------------- corruption met running
+
+
+async def test_a_damaged_page_met_while_running_is_not_healed_by_other_writes(
+    tmp_path: Path, roadmap: Roadmap, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "bot.db"
+    store = await Store.open(path)
+    try:
+        dispatcher = make_dispatcher(store, roadmap)
+        for i in range(40):
+            await dispatcher.handle(Incoming(f"$s{i}", ROOM, f"@n{i}:x.org", "!start"))
+        with contextlib.closing(sqlite3.connect(path)) as other:
+            other.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the file itself
+            [page_size] = other.execute("PRAGMA page_size").fetchone()
+            [root] = other.execute(
+                "SELECT rootpage FROM sqlite_master WHERE name = 'newcomers'"
+            ).fetchone()
+        with open(path, "r+b") as f:  # under the open store, as a failing disk would
+            f.seek((root - 1) * page_size)
+            f.write(b"\xff" * 12)
+
+        with caplog.at_level(logging.WARNING, logger="bot.store"):
+            with pytest.raises(StorageFault) as met:
+                await store.newcomers([step.id for step in roadmap])
+            assert met.value.kind == CORRUPT
+            await store.set_value("sync_token", "s1")  # a write that misses the damage
+            for _ in range(3):  # the bot's tries while it waits
+                with pytest.raises(StorageFault) as probed:
+                    await store.probe()
+                assert probed.value.kind == CORRUPT
+                assert store.fault is not None
+                assert store.fault.reason == f"database corrupt: {path}"  # what /healthz says
+        said = [r.getMessage() for r in caplog.records]
+        assert sum("storage fault:" in line for line in said) == 1, said
+        assert not any("storage works again" in line for line in said), said
+    finally:
+        await store.close()
+
+
+# ------------------------------------------------------------------------------ start-up faults
+
+
+async def test_a_connection_sqlite_cannot_open_is_a_fault(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def cannot_open(*args: Any, **kwargs: Any) -> aiosqlite.Connection:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(aiosqlite, "connect", cannot_open)
+    with pytest.raises(StorageFault) as fault:
+        await Store.open(tmp_path / "bot.db")
+    assert fault.value.kind == READ_ONLY
+    assert fault.value.statement == f"opening {tmp_path / 'bot.db'}"
+
+
+def test_a_full_disk_while_writing_the_session_is_a_fault(tmp_path: Path) -> None:
+    old = Session("https://matrix.example.org", BOT, "OLD", "syt_old")
+    write_session(tmp_path, old)
+    # The file aside that the new session is written to, on a disk with no space left.
+    aside = tmp_path / ".session.json.new"
+    aside.symlink_to("/dev/full")
+    with pytest.raises(StorageFault) as fault:
+        write_session(tmp_path, Session("https://matrix.example.org", BOT, "NEW", "syt_new"))
+    assert fault.value.kind == FULL
+    assert fault.value.reason == f"data_dir: no space left on {tmp_path}"
+    assert "session.json" in fault.value.statement
+    assert read_session(tmp_path) == old  # the old session stands, whole
+    assert not aside.exists()
+
+
+# ------------------------------------------------------------ the quarantine, from the CLI
+
+
+def test_status_quarantine_lists_the_quarantined_events(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+
+    async def quarantine_one() -> None:
+        store = await Store.open(data / "bot.db")
+        try:
+            for _ in range(QUARANTINE_AFTER):
+                await store.record_failure(
+                    event_id="$poison",
+                    room_id=ROOM,
+                    sender=NEWCOMER,
+                    body="!done 3",
+                    error="KeyError: 'x'",
+                    at=AT,
+                    quarantine_after=QUARANTINE_AFTER,
+                )
+            await store.record_failure(  # failed once: not quarantined
+                event_id="$once",
+                room_id=ROOM,
+                sender=NEWCOMER,
+                body="!skip",
+                error="ValueError: y",
+                at=AT,
+                quarantine_after=QUARANTINE_AFTER,
+            )
+        finally:
+            await store.close()
+
+    asyncio.run(quarantine_one())
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "matrix": {
+                    "homeserver": "https://matrix.example.org",
+                    "user_id": BOT,
+                    "password": "unused",
+                },
+                "storage": {"data_dir": str(data)},
+                "roadmap": str(ROADMAP_FILE),
+            }
+        ),
+        encoding="utf-8",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "bot", "status", "--quarantine", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "1 quarantined event(s):",
+        f"- $poison in {ROOM} from {NEWCOMER}, {QUARANTINE_AFTER} failures, "
+        "last 2026-03-02T09:00:00+00:00",
+        "  message: '!done 3'",
+        "  error: KeyError: 'x'",
+    ]
+
+
+# ------------------------------------------------- a reply that went out before a failed commit
+
+
+async def test_a_reply_delivered_ahead_of_a_failed_commit_is_not_posted_again(
+    store: Store, roadmap: Roadmap
+) -> None:
+    homeserver = ForgetfulHomeserver(BOT, ROOM)
+    outbox = Outbox(
+        homeserver,  # type: ignore[arg-type]
+        store,
+        Metrics(),
+        DeviceTrust(homeserver, exclude_insecure=False),  # type: ignore[arg-type]
+        encrypt_new_rooms=False,
+        stopping=asyncio.Event(),
+        e2e_lock=asyncio.Lock(),
+        clock=ServerClock(),
+    )
+    await outbox.flush()  # the queue, read: nothing waits
+    dispatcher = make_dispatcher(store, roadmap)
+    start = Incoming("$start", ROOM, NEWCOMER, "!start")
+    txn = reply_txn_id(start.event_id)
+
+    await pragma(store, "busy_timeout = 50")
+    holder = sqlite3.connect(store.path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    with pytest.raises(Unsaved):
+        await dispatcher.handle_all([start], ahead=outbox.send_ahead)
+    assert await outbox.delivered_ahead({txn: start.event_id}) == {start.event_id}
+    outbox.ahead_done()
+    holder.execute("ROLLBACK")
+    holder.close()
+    await store.probe()
+
+    # Days later the fault is gone: the command runs again and is committed with its reply
+    # (whether or not replies may go out ahead again by then).
+    [items] = await dispatcher.handle_all([start], ahead=outbox.send_ahead)
+    assert items and items[0].txn_id == txn
+    await outbox.flush()
+    assert len([p for p in homeserver.puts if p.endswith(f"/send/m.room.message/{txn}")]) == 1
+    assert [i.txn_id for i in await store.outbox()] == []
+    marked = await store.marked("$posted1")  # the step it shows, under the event posted
+    assert marked is not None and marked.mark.user_id == NEWCOMER
