@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -10,7 +11,12 @@ from zoneinfo import ZoneInfo
 
 from nio import MatrixRoom
 
+from bot.clock import ServerClock
+from bot.e2e import DeviceTrust
+from bot.metrics import Metrics
 from bot.nudges import NudgePolicy
+from bot.outbox import Outbox
+from bot.store import Store
 from bot.timeutil import DEFAULT_WORKING_DAYS, parse_quiet_hours
 
 ROADMAP_FILE = Path(__file__).resolve().parents[2] / "roadmap.yaml"
@@ -59,3 +65,16 @@ class ForgetfulHomeserver:
         self.puts.append(path)
         self.bodies.append(json.loads(data) if data else {})
         return _Response(200, {"event_id": f"$posted{len(self.puts)}"})
+
+    def outbox(self, store: Store) -> Outbox:
+        """The bot's outbox, sending to this homeserver."""
+        return Outbox(
+            self,  # type: ignore[arg-type]
+            store,
+            Metrics(),
+            DeviceTrust(self, exclude_insecure=False),  # type: ignore[arg-type]
+            encrypt_new_rooms=False,
+            stopping=asyncio.Event(),
+            e2e_lock=asyncio.Lock(),
+            clock=ServerClock(),
+        )

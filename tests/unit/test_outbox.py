@@ -4,13 +4,7 @@ and those of a message that a newer one in its room has replaced are not sent at
 
 from __future__ import annotations
 
-import asyncio
-
-from bot.clock import ServerClock
 from bot.dispatch import Incoming
-from bot.e2e import DeviceTrust
-from bot.metrics import Metrics
-from bot.outbox import Outbox
 from bot.roadmap import Roadmap
 from bot.shortcuts import SHORTCUTS
 from bot.store import Store
@@ -18,19 +12,6 @@ from tests.unit.common import ForgetfulHomeserver
 from tests.unit.conftest import NEWCOMER, ROOM, make_dispatcher
 
 BOT = "@mentor-bot:example.org"
-
-
-def outbox_for(homeserver: ForgetfulHomeserver, store: Store) -> Outbox:
-    return Outbox(
-        homeserver,  # type: ignore[arg-type]
-        store,
-        Metrics(),
-        DeviceTrust(homeserver, exclude_insecure=False),  # type: ignore[arg-type]
-        encrypt_new_rooms=False,
-        stopping=asyncio.Event(),
-        e2e_lock=asyncio.Lock(),
-        clock=ServerClock(),
-    )
 
 
 def sent(homeserver: ForgetfulHomeserver) -> list[tuple[str, str]]:
@@ -47,7 +28,7 @@ async def test_a_step_shown_gets_its_shortcuts_after_the_reply(
     store: Store, roadmap: Roadmap
 ) -> None:
     homeserver = ForgetfulHomeserver(BOT, ROOM)
-    outbox = outbox_for(homeserver, store)
+    outbox = homeserver.outbox(store)
     await make_dispatcher(store, roadmap).handle_all([Incoming("$1", ROOM, NEWCOMER, "!start")])
     await outbox.flush()
     await outbox.flush()  # the shortcuts, queued once the reply's event id was known
@@ -64,7 +45,7 @@ async def test_shortcuts_a_newer_step_message_replaced_are_not_sent(
     # the second before the first's shortcuts (replies first); by then only the newest
     # message's shortcuts are worth sending.
     homeserver = ForgetfulHomeserver(BOT, ROOM)
-    outbox = outbox_for(homeserver, store)
+    outbox = homeserver.outbox(store)
     dispatcher = make_dispatcher(store, roadmap)
     await dispatcher.handle_all([Incoming("$1", ROOM, NEWCOMER, "!start")])
     await dispatcher.handle_all([Incoming("$2", ROOM, NEWCOMER, "!next")])

@@ -27,7 +27,6 @@ from nio import Event, MatrixRoom, ReactionEvent
 from bot.clock import ServerClock
 from bot.config import Config
 from bot.dispatch import Dispatcher, Incoming, Unsaved, reply_txn_id
-from bot.e2e import DeviceTrust
 from bot.faults import (
     BUSY,
     CORRUPT,
@@ -42,7 +41,7 @@ from bot.faults import (
 from bot.identity import Session, read_session, write_session
 from bot.matrix import QUARANTINE_AFTER, STORAGE_RETRY_CAP_S, MatrixBot, Retry
 from bot.metrics import Metrics
-from bot.outbox import Backoff, Outbox
+from bot.outbox import Backoff
 from bot.roadmap import Roadmap
 from bot.store import CommandRecord, OutboxItem, Store
 from tests.unit.common import ForgetfulHomeserver
@@ -541,16 +540,7 @@ async def test_a_reply_delivered_ahead_of_a_failed_commit_is_not_posted_again(
     store: Store, roadmap: Roadmap
 ) -> None:
     homeserver = ForgetfulHomeserver(BOT, ROOM)
-    outbox = Outbox(
-        homeserver,  # type: ignore[arg-type]
-        store,
-        Metrics(),
-        DeviceTrust(homeserver, exclude_insecure=False),  # type: ignore[arg-type]
-        encrypt_new_rooms=False,
-        stopping=asyncio.Event(),
-        e2e_lock=asyncio.Lock(),
-        clock=ServerClock(),
-    )
+    outbox = homeserver.outbox(store)
     await outbox.flush()  # the queue, read: nothing waits
     dispatcher = make_dispatcher(store, roadmap)
     start = Incoming("$start", ROOM, NEWCOMER, "!start")
