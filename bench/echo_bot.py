@@ -1,16 +1,26 @@
-"""The baseline: a bare matrix-nio bot that answers every m.text with an m.notice of the same text.
+"""The baseline: a bare matrix-nio bot that answers every m.text with an m.notice.
 
 No database, no parsing: login, a sync loop, room_send. It joins every room it is invited to,
-and works in encrypted rooms (nio's own crypto store). Used by bench/latency.py as a process:
+and works in encrypted rooms (nio's own crypto store). Its answer is the text it got; with
+`--reply FILE` (JSON: {"content": {...}, "reactions": ["✅", ...]}) it is that content every
+time, followed by those reactions on the answer, one after the other, from a task of their
+own. bench/latency.py gives it a copy of what the bot sends for the command it sends both (the
+answer, and the shortcut reactions a step gets), so that the two bots cost the homeserver the
+same to store, index for search and deliver, and the clients the same to read: what is left is
+the bot's own work. Used by bench/latency.py as a process:
 
     python -m bench.echo_bot --homeserver URL --user @echo:localhost --password P --store DIR
+        [--reply FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import time
+from pathlib import Path
+from typing import Any
 
 from nio import (
     AsyncClient,
@@ -19,6 +29,7 @@ from nio import (
     LoginResponse,
     MatrixRoom,
     RoomMessageText,
+    RoomSendResponse,
 )
 
 # Printed once it syncs; bench/latency.py waits for it. Defined here, not in bench/_common.py,
@@ -32,7 +43,12 @@ async def main() -> None:
     parser.add_argument("--user", required=True)
     parser.add_argument("--password", required=True)
     parser.add_argument("--store", required=True)
+    parser.add_argument("--reply", type=Path, help="a JSON file: the answer and its reactions")
     args = parser.parse_args()
+    reply: dict[str, Any] = json.loads(args.reply.read_text()) if args.reply else {}
+    answer: dict[str, Any] | None = reply.get("content")
+    reactions: list[str] = reply.get("reactions", [])
+    reacting: set[asyncio.Task[None]] = set()
 
     config = AsyncClientConfig(encryption_enabled=True, store_sync_tokens=False)
     client = AsyncClient(args.homeserver, args.user, store_path=args.store, config=config)
@@ -49,13 +65,23 @@ async def main() -> None:
         if event.sender == client.user_id or event.server_timestamp < started_ms:
             return
         content = {
-            "msgtype": "m.notice",
-            "body": event.body,
+            **(answer or {"msgtype": "m.notice", "body": event.body}),
             "m.relates_to": {"m.in_reply_to": {"event_id": event.event_id}},
         }
-        await client.room_send(
+        sent = await client.room_send(
             room.room_id, "m.room.message", content, ignore_unverified_devices=True
         )
+        if reactions and isinstance(sent, RoomSendResponse):
+            task = asyncio.create_task(react(room.room_id, sent.event_id))
+            reacting.add(task)
+            task.add_done_callback(reacting.discard)
+
+    async def react(room_id: str, event_id: str) -> None:
+        for key in reactions:
+            relates = {"rel_type": "m.annotation", "event_id": event_id, "key": key}
+            await client.room_send(
+                room_id, "m.reaction", {"m.relates_to": relates}, ignore_unverified_devices=True
+            )
 
     client.add_event_callback(on_invite, InviteMemberEvent)
     client.add_event_callback(on_text, RoomMessageText)

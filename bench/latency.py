@@ -4,29 +4,32 @@ One Synapse on loopback; the real bot as its own process; bench/echo_bot.py as a
 as the dev kit's Matrix clients (matrix-nio, E2E-capable, cross-signed as Element's users are),
 each with a direct chat of their own with each bot, unencrypted or encrypted. Latency is command
 sent -> reply received (the person's sync delivers it). The echo bot is the floor any
-matrix-nio bot on this machine pays; the ratios are the bot's own overhead. Three patterns, each
-in both kinds of room, the two bots measured in the same run so that drift hits both alike, and
-a fourth of the bot alone:
+matrix-nio bot on this machine pays for the same traffic: it sends a copy of what the bot sends
+for the command (the bot's answer, taken before the rounds, and the three shortcut reactions on
+it, one after the other), since that traffic costs the homeserver and the client what it costs:
+a step's text against a word echoed back is about 4 ms more on Synapse alone (unencrypted, it is
+indexed for search). The ratios are then the bot's own work. Three patterns, each in both kinds
+of room, the two bots measured in the same run so that drift hits both alike, and a fourth of
+the bot alone:
 
 - back to back: one person sends the next command as soon as the reply is in, to each bot in
   turn (ABBA order);
-- paced: one person sends one command a second to the bot, and one a second to the echo bot
-  half a second later, as a newcomer types: every command finds its bot idle, waiting in its
-  long-poll sync, half a second after the other bot's command. One room kind after the
-  other: both at once, a quarter second apart, put the bot's encrypted command right behind its
-  own unencrypted reply and the three reactions that follow it (and the echo bot's behind a
-  lone reply), a cost no newcomer typing once a second feels;
+- paced: one person a room kind sends one command a second to each bot, as a newcomer types;
+  both room kinds at once, the bots taking turns a quarter second apart (the bot's unencrypted
+  room, the echo bot's, the bot's encrypted room, the echo bot's): every command finds its bot
+  idle in its long-poll sync, half a second after its last command, and the other bot's traffic
+  before it done;
 - 20 paced: 20 people each send one command a second, staggered evenly across the second, so a
   bot gets 20 a second, one from each. The bots take turns of 2 seconds (ABBA), so the
   homeserver carries one bot's crowd at a time;
-- paced reaction (the bot only: the echo bot has no reaction shortcuts): each room kind's person
+- paced reaction (the bot only: the echo bot does not answer reactions): each room kind's person
   sends `!next` to the bot once a second and, half a second later, reacts ✅ on its reply; the
   bot answers that as `!done <the step shown>`, in reply to the message reacted to. Each
   reaction is timed until that reply arrives and set against the command's round trip (issue
   13: a reaction is answered as fast as the command it stands for). The two room kinds go at
   once, a quarter second apart; each ✅ walks a step, 27 of the roadmap's 52.
 
-Run: .venv/bin/python -m bench.latency [--n 40] [--paced-rounds 30] [--reaction-rounds 25]
+Run: .venv/bin/python -m bench.latency [--n 40] [--paced-rounds 60] [--reaction-rounds 25]
 [--crowd 20] [--quick]
 No assertions: machines are shared and noisy. Targets (issues 11, 13): ratio of medians <= 1.05
 and ratio of p95s <= 1.10 in every pattern (bot against echo bot; reaction against command).
@@ -37,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import subprocess
 import sys
@@ -55,6 +59,7 @@ from bot.cross_signing import CrossSigningKeys
 from bot.dev.client import MatrixUser, MatrixUserError, ReceivedMessage
 from bot.dev.process import spawn, stop_process, wait_for_log
 from bot.dev.synapse import DevSynapse
+from bot.shortcuts import SHORTCUTS
 
 TARGET_MEDIAN = 1.05
 TARGET_P95 = 1.10
@@ -301,7 +306,18 @@ async def chats_of(user: MatrixUser, bots: dict[str, str], kind: str) -> list[Ch
     ]
 
 
-def _spawn_echo(synapse: DevSynapse, work: Path, echo_id: str) -> subprocess.Popen[bytes]:
+async def answer_to_copy(chat: Chat) -> dict[str, Any]:
+    """The bot's answer to COMMAND in `chat` (the second: the first may greet), less what ties
+    it to the command it answers."""
+    content = {"msgtype": "m.text", "body": COMMAND}
+    await exchange(chat.user, chat.room_id, content, chat.bot_id)
+    _, message = await exchange(chat.user, chat.room_id, content, chat.bot_id)
+    return {k: v for k, v in message.content.items() if k != "m.relates_to"}
+
+
+def _spawn_echo(
+    synapse: DevSynapse, work: Path, echo_id: str, reply: Path
+) -> subprocess.Popen[bytes]:
     (work / "echo-store").mkdir()
     return spawn(
         [
@@ -316,6 +332,8 @@ def _spawn_echo(synapse: DevSynapse, work: Path, echo_id: str) -> subprocess.Pop
             "echo-password",
             "--store",
             str(work / "echo-store"),
+            "--reply",
+            str(reply),
         ],
         cwd=REPO,
         log_path=work / "echo.log",
@@ -369,11 +387,6 @@ async def run(args: argparse.Namespace, synapse: DevSynapse | None = None) -> di
             )
             stack.push_async_callback(bot.stop)
             await bot.start(poll=READY_POLL_S)
-            echo = _spawn_echo(synapse, work, echo_id)
-            stack.push_async_callback(stop_process, echo)
-            await wait_for_log(
-                work / "echo.log", ECHO_READY, echo, timeout=60, poll=0.005, what="echo bot"
-            )
 
             # One person for each room kind's back-to-back and paced rounds, and the crowd.
             names = [f"lat-{kind}" for kind in KINDS]
@@ -383,9 +396,22 @@ async def run(args: argparse.Namespace, synapse: DevSynapse | None = None) -> di
                 stack.push_async_callback(member.close)
             singles, crowd = people[: len(KINDS)], people[len(KINDS) :]
             chats = {
-                kind: await chats_of(user, bots, kind)
+                kind: await chats_of(user, {"bot": bot_id}, kind)
                 for kind, user in zip(KINDS, singles, strict=True)
             }
+            # The echo bot sends a copy of what the bot sends for the command: its answer and,
+            # as the answer shows a step, the shortcut reactions on it.
+            reply = work / "reply.json"
+            answer = await answer_to_copy(chats["unencrypted"][0])
+            reactions = list(SHORTCUTS) if s["shortcuts"] else []
+            reply.write_text(json.dumps({"content": answer, "reactions": reactions}))
+            echo = _spawn_echo(synapse, work, echo_id, reply)
+            stack.push_async_callback(stop_process, echo)
+            await wait_for_log(
+                work / "echo.log", ECHO_READY, echo, timeout=60, poll=0.005, what="echo bot"
+            )
+            for kind, user in zip(KINDS, singles, strict=True):
+                chats[kind] += await chats_of(user, {"echo": echo_id}, kind)
 
             rows: dict[str, Samples] = {}
             timing: dict[str, float] = {}
@@ -395,20 +421,20 @@ async def run(args: argparse.Namespace, synapse: DevSynapse | None = None) -> di
                 rows["back to back"].update(await back_to_back(chats[kind], s["n"], s["warmup"]))
             timing["back to back"] = time.perf_counter() - t0
 
-            # One room kind at a time, the echo bot's command half a period after the bot's:
-            # each command comes half a period after the other bot's, when both are idle in
-            # their long polls. (Both kinds at once, a quarter period apart, put the bot's
-            # encrypted command right behind its own unencrypted reply and the reactions that
-            # follow it, and the echo bot's behind a lone reply: a cost no newcomer feels.)
+            # Both room kinds at once, the bots taking turns a quarter period apart (the bot's
+            # unencrypted room, the echo bot's, the bot's encrypted room, the echo bot's): each
+            # command finds its bot idle half a period after its last one, and what the other
+            # bot sent last (the same traffic: an answer and three reactions) done.
             t0 = time.perf_counter()
-            rows["paced"] = Samples()
-            for kind in KINDS:
-                streams = [
-                    (chat, (0.5 if chat.bot == "echo" else 0.0) * period) for chat in chats[kind]
-                ]
-                rows["paced"].update(
-                    await paced(streams, period, s["paced_rounds"] + PACED_WARMUP, PACED_WARMUP)
-                )
+            order = [(kind, bot) for kind in KINDS for bot in ("bot", "echo")]
+            streams = [
+                (chat, order.index((kind, chat.bot)) / len(order) * period)
+                for kind in KINDS
+                for chat in chats[kind]
+            ]
+            rows["paced"] = await paced(
+                streams, period, s["paced_rounds"] + PACED_WARMUP, PACED_WARMUP
+            )
             timing["paced"] = time.perf_counter() - t0
 
             # The bot only (the echo bot has no shortcuts): a reaction against the command it
@@ -463,13 +489,14 @@ def report(results: dict[str, Any]) -> str:
     crowd = f"{s['crowd']} paced"
     out = [
         "Reply latency: command sent -> reply received, ms; bot = `python -m bot run` (INFO "
-        "logging), echo = bench/echo_bot.py (bare matrix-nio); one Synapse, both bots side by "
+        "logging), echo = bench/echo_bot.py (bare matrix-nio) answering with a copy of the "
+        "bot's answer; one Synapse, both bots side by "
         f"side; command {COMMAND!r}; the bot's reaction shortcuts "
         f"{'on' if s.get('shortcuts', True) else 'off (--no-shortcuts)'}",
         f"- back to back: one person, {s['n']} round trips to each bot after {s['warmup']} "
         f"warm-up rounds, ABBA ({timing['back to back']:.0f} s)",
-        f"- paced: one person a room kind, one command every {s['period']:g} s to each bot "
-        f"(the echo bot's half a period after the bot's; one room kind, then the other), "
+        f"- paced: one person a room kind, one command every {s['period']:g} s to each bot, "
+        f"both room kinds at once, the bots taking turns a quarter period apart, "
         f"{s['paced_rounds']} each after {PACED_WARMUP} warm-up "
         f"({timing['paced']:.0f} s)",
         f"- {crowd}: {s['crowd']} people each sending one command every {s['period']:g} s, "
@@ -539,7 +566,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=40, help="back-to-back round trips per bot")
     parser.add_argument("--warmup", type=int, default=5, help="back-to-back rounds not counted")
     parser.add_argument(
-        "--paced-rounds", type=int, default=30, help="paced commands per bot and room kind"
+        "--paced-rounds", type=int, default=60, help="paced commands per bot and room kind"
     )
     parser.add_argument(
         "--reaction-rounds",
