@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from bot.progress import Progress, State, is_finished
 from bot.roadmap import ESTIMATE, Roadmap
-from bot.timeutil import working_time_between, working_time_by_day
+from bot.timeutil import day_end, working_time_between
 
 WORKING_DAY = timedelta(days=1)  # of working time, as timeutil counts it
 HOURS_PER_WORKING_DAY = 8  # what an estimate in hours is a share of: "4h" is half a day
@@ -112,9 +112,33 @@ def landing_day(
 ) -> date:
     """The working day in `tz` on which `work` of working time from `start` is complete: the
     first working day from `start`'s when there is none to do."""
-    # Each day's share of working time is timeutil's; this only walks the days.
-    for day, available in working_time_by_day(start, tz, working_days):
-        if day.weekday() in working_days and available >= work:
-            return day
-        work -= available
-    raise AssertionError("unreachable: the days never run out")
+    if not working_days:
+        raise ValueError("no working days: no work is ever done")
+    first = start.astimezone(tz).date()
+
+    def done_by(offset: int) -> bool:
+        """Whether `work` is done by the end of the day `offset` days after `first`."""
+        end = day_end(first + timedelta(days=offset), tz)
+        return working_time_between(start, end, tz, working_days) >= work
+
+    # The first day by whose end the work is done (working time only grows): a guess from a
+    # week's working time, a bracket around it, then halving (not a walk of every day).
+    guess = max(0, int(work / (WORKING_DAY * len(working_days) / 7)) - 7)
+    step = 8
+    if done_by(guess):
+        lo, hi = guess - step, guess
+        while lo >= 0 and done_by(lo):
+            lo, hi, step = lo - step, lo, step * 2
+        lo = max(lo, -1)  # -1: before the first day, when nothing is done
+    else:
+        lo, hi = guess, guess + step
+        while not done_by(hi):
+            lo, hi, step = hi, hi + step, step * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if done_by(mid) else (mid, hi)
+    # Done by a day off only when there was nothing to do that day: the next working day.
+    day = first + timedelta(days=hi)
+    while day.weekday() not in working_days:
+        day += timedelta(days=1)
+    return day

@@ -7,7 +7,7 @@ team's time zone, so a weekend or a daylight-saving night is measured the way pe
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
@@ -125,6 +125,51 @@ def _midnight(day: date, tz: ZoneInfo) -> datetime:
     return datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
 
 
+def local_day(at: datetime, tz: ZoneInfo) -> date:
+    """The calendar day in `tz` whose midnight-to-midnight holds `at`: its local date, unless a
+    clock change across midnight puts that date outside its own day's span (no zone does so
+    from 1970 to 2030, by a scan of tzdata; the days must tile the timeline whatever a future
+    rule does, as `working_time_between` adds them up)."""
+    at = _aware(at, "at")
+    day = at.astimezone(tz).date()
+    if _midnight(day, tz) > at:
+        return day - _DAY
+    if _midnight(day + _DAY, tz) <= at:
+        return day + _DAY
+    return day
+
+
+def day_end(day: date, tz: ZoneInfo) -> datetime:
+    """The instant (UTC) `day` ends in `tz`: the next day's midnight."""
+    return _midnight(day + _DAY, tz)
+
+
+@lru_cache(maxsize=256)
+def _year_of_working_time(year: int, tz: ZoneInfo, working_days: frozenset[int]) -> list[timedelta]:
+    """[i]: the working time of the year's first i days (each working day as long as it is in
+    `tz`: 23 or 25 hours across a clock change); [-1] is the whole year's."""
+    day = date(year, 1, 1)
+    start, total, out = _midnight(day, tz), timedelta(0), [timedelta(0)]
+    while day.year == year:
+        end = _midnight(day + _DAY, tz)
+        if day.weekday() in working_days:
+            total += end - start
+        out.append(total)
+        day, start = day + _DAY, end
+    return out
+
+
+def _whole_days(first: date, last: date, tz: ZoneInfo, working_days: frozenset[int]) -> timedelta:
+    """The working time of the days from `first` up to, not including, `last`: a year's days
+    are added up once, so a span of months costs a few lookups, not a walk."""
+    if last <= first:
+        return timedelta(0)
+    total = -_year_of_working_time(first.year, tz, working_days)[first.timetuple().tm_yday - 1]
+    for year in range(first.year, last.year):
+        total += _year_of_working_time(year, tz, working_days)[-1]
+    return total + _year_of_working_time(last.year, tz, working_days)[last.timetuple().tm_yday - 1]
+
+
 def working_time_between(
     start: datetime, end: datetime, tz: ZoneInfo, working_days: frozenset[int]
 ) -> timedelta:
@@ -135,44 +180,15 @@ def working_time_between(
         return timedelta(0)
     if len(working_days) == 7:
         return end - start
-    total = timedelta(0)
-    # One day either side covers zones whose midnight is not exactly where astimezone says.
-    day = start.astimezone(tz).date() - _DAY
-    last = end.astimezone(tz).date() + _DAY
-    day_start = _midnight(day, tz)
-    while day <= last:
-        day_end = _midnight(day + _DAY, tz)
-        if day.weekday() in working_days:
-            overlap = min(end, day_end) - max(start, day_start)
-            if overlap > timedelta(0):
-                total += overlap
-        day, day_start = day + _DAY, day_end
+    first, last = local_day(start, tz), local_day(end, tz)
+    if first == last:
+        return end - start if first.weekday() in working_days else timedelta(0)
+    total = _whole_days(first + _DAY, last, tz, working_days)
+    if first.weekday() in working_days:
+        total += _midnight(first + _DAY, tz) - start
+    if last.weekday() in working_days:
+        total += end - _midnight(last, tz)
     return total
-
-
-def working_time_by_day(
-    start: datetime, tz: ZoneInfo, working_days: frozenset[int]
-) -> Iterator[tuple[date, timedelta]]:
-    """Each calendar day in `tz` from `start`'s own on, with the working time in it from `start`
-    on: day by day what `working_time_between(start, the end of that day)` adds, one step each
-    (a forecast walks months of days; calling that for each one cost milliseconds)."""
-    start = _aware(start, "start")
-    first = start.astimezone(tz).date()
-    # From the day before, as in working_time_between: a zone's skipped midnight can put part
-    # of that day after `start`, and it counts with `start`'s own.
-    day, carry = first - _DAY, timedelta(0)
-    day_start = _midnight(day, tz)
-    while True:
-        day_end = _midnight(day + _DAY, tz)
-        share = timedelta(0)
-        if day.weekday() in working_days and day_end > start:
-            share = day_end - max(start, day_start)
-        if day < first:
-            carry = share
-        else:
-            yield day, share + carry
-            carry = timedelta(0)
-        day, day_start = day + _DAY, day_end
 
 
 def is_working_day(at: datetime, tz: ZoneInfo, working_days: frozenset[int]) -> bool:

@@ -378,3 +378,39 @@ def test_working_time_matches_an_hour_by_hour_count(
         timedelta(0),
     )
     assert working_time_between(start, start + hours * H, tz, days) == expected
+
+
+def working_time_by_walking(
+    start: datetime, end: datetime, tz: ZoneInfo, days: frozenset[int]
+) -> timedelta:
+    """The definition, one local day at a time: each working day's overlap with [start, end),
+    a day running from its midnight to the next (what the year sums must add up to)."""
+    total = timedelta(0)
+    day = start.astimezone(tz).date() - timedelta(days=1)
+    while day <= end.astimezone(tz).date() + timedelta(days=1):
+        begins = datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
+        ends = datetime.combine(day + timedelta(days=1), time(0), tzinfo=tz).astimezone(UTC)
+        if day.weekday() in days:
+            total += max(timedelta(0), min(end, ends) - max(start, begins))
+        day += timedelta(days=1)
+    return total
+
+
+@given(instants, st.integers(0, 60 * 24 * 800), zones, day_sets)
+def test_working_time_matches_a_walk_of_the_days(
+    start: datetime, minutes: int, tz: ZoneInfo, days: frozenset[int]
+) -> None:
+    end = start + timedelta(minutes=minutes)
+    assert working_time_between(start, end, tz, days) == working_time_by_walking(
+        start, end, tz, days
+    )
+
+
+def test_working_time_across_years_and_a_skipped_day() -> None:
+    apia = ZoneInfo("Pacific/Apia")  # 2011-12-30 never happened there
+    start, end = utc(2010, 6, 1, 13, 7), utc(2013, 2, 3, 5, 55)
+    for tz in (BERLIN, apia, ZoneInfo("America/Santiago")):
+        for days in (MON_FRI, frozenset({4}), frozenset({5, 6})):
+            assert working_time_between(start, end, tz, days) == working_time_by_walking(
+                start, end, tz, days
+            )
