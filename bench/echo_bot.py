@@ -3,11 +3,12 @@
 No database, no parsing: login, a sync loop, room_send. It joins every room it is invited to,
 and works in encrypted rooms (nio's own crypto store). Its answer is the text it got; with
 `--reply FILE` (JSON: {"content": {...}, "reactions": ["✅", ...]}) it is that content every
-time, followed by those reactions on the answer, one after the other, from a task of their
-own. bench/latency.py gives it a copy of what the bot sends for the command it sends both (the
-answer, and the shortcut reactions a step gets), so that the two bots cost the homeserver the
-same to store, index for search and deliver, and the clients the same to read: what is left is
-the bot's own work. Used by bench/latency.py as a process:
+time, followed by those reactions on the answer, one at a time from a task of their own (those
+of an answer that a newer one in its room replaced before they went out are dropped, as the
+bot drops them). bench/latency.py gives it a copy of what the bot sends for the command it
+sends both (the answer, and the shortcut reactions a step gets), so that the two bots cost the
+homeserver the same to store, index for search and deliver, and the clients the same to read:
+what is left is the bot's own work. Used by bench/latency.py as a process:
 
     python -m bench.echo_bot --homeserver URL --user @echo:localhost --password P --store DIR
         [--reply FILE]
@@ -48,7 +49,11 @@ async def main() -> None:
     reply: dict[str, Any] = json.loads(args.reply.read_text()) if args.reply else {}
     answer: dict[str, Any] | None = reply.get("content")
     reactions: list[str] = reply.get("reactions", [])
-    reacting: set[asyncio.Task[None]] = set()
+    # The reactions wait their turn, one at a time, behind the answers; an answer's reactions
+    # not sent yet when a newer answer went out in its room are dropped (as the bot drops
+    # shortcuts that a newer step message replaced).
+    to_react: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+    newest: dict[str, str] = {}  # room -> the newest answer sent there
 
     config = AsyncClientConfig(encryption_enabled=True, store_sync_tokens=False)
     client = AsyncClient(args.homeserver, args.user, store_path=args.store, config=config)
@@ -72,25 +77,30 @@ async def main() -> None:
             room.room_id, "m.room.message", content, ignore_unverified_devices=True
         )
         if reactions and isinstance(sent, RoomSendResponse):
-            task = asyncio.create_task(react(room.room_id, sent.event_id))
-            reacting.add(task)
-            task.add_done_callback(reacting.discard)
+            newest[room.room_id] = sent.event_id
+            to_react.put_nowait((room.room_id, sent.event_id))
 
-    async def react(room_id: str, event_id: str) -> None:
-        for key in reactions:
-            relates = {"rel_type": "m.annotation", "event_id": event_id, "key": key}
-            await client.room_send(
-                room_id, "m.reaction", {"m.relates_to": relates}, ignore_unverified_devices=True
-            )
+    async def react() -> None:
+        while True:
+            room_id, event_id = await to_react.get()
+            for key in reactions:
+                if newest.get(room_id) != event_id:
+                    break
+                relates = {"rel_type": "m.annotation", "event_id": event_id, "key": key}
+                await client.room_send(
+                    room_id, "m.reaction", {"m.relates_to": relates}, ignore_unverified_devices=True
+                )
 
     client.add_event_callback(on_invite, InviteMemberEvent)
     client.add_event_callback(on_text, RoomMessageText)
     if client.should_upload_keys:
         await client.keys_upload()
     print(ECHO_READY, flush=True)
+    reacting = asyncio.create_task(react())
     try:
         await client.sync_forever(timeout=30_000, full_state=True)
     finally:
+        reacting.cancel()
         await client.close()
 
 

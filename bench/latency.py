@@ -29,7 +29,7 @@ the bot alone:
   13: a reaction is answered as fast as the command it stands for). The two room kinds go at
   once, a quarter second apart; each ✅ walks a step, 27 of the roadmap's 52.
 
-Run: .venv/bin/python -m bench.latency [--n 40] [--paced-rounds 60] [--reaction-rounds 25]
+Run: .venv/bin/python -m bench.latency [--n 25] [--paced-rounds 60] [--reaction-rounds 20]
 [--crowd 20] [--quick]
 No assertions: machines are shared and noisy. Targets (issues 11, 13): ratio of medians <= 1.05
 and ratio of p95s <= 1.10 in every pattern (bot against echo bot; reaction against command).
@@ -563,15 +563,15 @@ def report(results: dict[str, Any]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n", type=int, default=40, help="back-to-back round trips per bot")
-    parser.add_argument("--warmup", type=int, default=5, help="back-to-back rounds not counted")
+    parser.add_argument("--n", type=int, default=25, help="back-to-back round trips per bot")
+    parser.add_argument("--warmup", type=int, default=3, help="back-to-back rounds not counted")
     parser.add_argument(
         "--paced-rounds", type=int, default=60, help="paced commands per bot and room kind"
     )
     parser.add_argument(
         "--reaction-rounds",
         type=int,
-        default=25,
+        default=20,
         help="paced reaction: commands and reactions per room kind (each walks a step)",
     )
     parser.add_argument("--crowd", type=int, default=20, help="people in the crowd pattern")

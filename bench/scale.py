@@ -36,7 +36,7 @@ from bot.logs import READY
 from bot.progress import Action, Change, State
 from bot.roadmap import Roadmap, parse_roadmap
 from bot.scheduler import Jobs
-from bot.store import Store
+from bot.store import CommandRecord, Store
 from bot.team import Team, TeamState
 
 NOW = datetime(2026, 11, 25, 11, 0, tzinfo=UTC)  # a Wednesday
@@ -45,6 +45,7 @@ MENTOR = "@mentor:example.org"
 
 GROWTH_TARGET = 3.0
 MEMORY_TARGET_MB = 100.0
+POPULATE_BATCH = 500  # commands a commit while the database is filled
 SETTLE_S = 1.0  # after "ready": the scheduler starts and catches up; then VmRSS is read
 
 
@@ -74,27 +75,24 @@ def synthetic_roadmap_data(steps: int, per_section: int = 20) -> dict[str, Any]:
 IDLE = 20  # on a typical day a handful are idle; the rest worked on the roadmap recently
 
 
-async def populate(store: Store, roadmap: Roadmap, count: int, idle: int | None) -> float:
-    """Enrolls `count` newcomers (`idle` of them idle for a week; None: all of them)."""
-    started = time.perf_counter()
+async def populate(store: Store, roadmap: Roadmap, count: int, idle: int | None) -> None:
+    """Enrolls `count` newcomers (`idle` of them idle for a week; None: all of them), a sync's
+    worth of commands to a commit (POPULATE_BATCH), as the bot commits a busy sync."""
+    records = []
     for i in range(count):
         user = f"@newcomer{i}:example.org"
         is_idle = idle is None or i < idle
         at = NOW - (timedelta(days=7, hours=i % 7) if is_idle else timedelta(hours=1 + i % 20))
         done = roadmap.steps[i % 5]
-        changes = [
+        changes = (
             Change(Action.ENROLL, None, None, None, None, roadmap.steps[0].id),
             Change(Action.DONE, done.id, State.PENDING, State.DONE, None, roadmap.steps[5].id),
-        ]
-        await store.commit_command(
-            event_id=f"$e{i}",
-            room_id="!r:example.org",
-            sender=user,
-            changes=changes,
-            messages=[(f"t{i}", _send())],
-            at=at,
         )
-    return count / (time.perf_counter() - started)
+        messages = ((f"t{i}", _send()),)
+        records.append(CommandRecord(f"$e{i}", "!r:example.org", user, changes, (), messages, at))
+        if len(records) == POPULATE_BATCH or i == count - 1:
+            await store.commit_commands(records)
+            records = []
 
 
 def _send() -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from bot.progress import Progress, State, is_finished
@@ -25,6 +26,7 @@ HORIZON = timedelta(days=1000)
 _UNIT_DAYS = {"h": 1 / HOURS_PER_WORKING_DAY, "d": 1.0, "w": float(DAYS_PER_WORKING_WEEK)}
 
 
+@lru_cache(maxsize=1024)  # a roadmap has a few dozen distinct ones; every forecast reads all
 def estimate_days(estimate: str) -> float:
     """Working days of a step's estimate ("4h" 0.5, "2d" 2, "1w" 5); 0 for none or an unreadable
     one (the roadmap loader has refused those already)."""
