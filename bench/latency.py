@@ -346,7 +346,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "warmup": 3,
         "paced_rounds": 10,
         "reaction_rounds": 6,
-        "crowd_rounds": 8,
+        "crowd_rounds": 4,
         "block": 2,
     }
     return {
@@ -578,7 +578,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--crowd-rounds",
         type=int,
-        default=8,
+        default=6,
         help="seconds (periods) of the crowd pattern, shared by the two bots",
     )
     parser.add_argument(

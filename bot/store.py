@@ -24,7 +24,7 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -1574,7 +1574,7 @@ async def _write_messages(
                 send.encrypted,
                 send.background,
                 send.event_type,
-                json.dumps(asdict(send.mark)) if send.mark else None,
+                json.dumps(vars(send.mark)) if send.mark else None,
             )
             for (txn_id, send), when in messages
         ],
