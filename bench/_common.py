@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import platform
+import random
 import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -45,6 +46,24 @@ def percentile(samples: Sequence[float], q: float) -> float:
     ordered = sorted(samples)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+def ratio_interval(
+    xs: Sequence[float],
+    ys: Sequence[float],
+    stat: Callable[[Sequence[float]], float],
+    rounds: int = 1000,
+    seed: int = 7,
+) -> tuple[float, float]:
+    """A 90 % bootstrap interval of stat(xs) / stat(ys), each resampled with replacement: how
+    far the ratio could move on another run of the same machine, from these samples alone."""
+    if not xs or not ys:
+        return float("nan"), float("nan")
+    rng = random.Random(seed)
+    ratios = sorted(
+        stat(rng.choices(xs, k=len(xs))) / stat(rng.choices(ys, k=len(ys))) for _ in range(rounds)
+    )
+    return ratios[int(0.05 * rounds)], ratios[int(0.95 * rounds) - 1]
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,7 +54,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench._common import READY_POLL_S, REPO, Summary, bench_bot, run_alone, synapse_at
+from bench._common import (
+    READY_POLL_S,
+    REPO,
+    Summary,
+    bench_bot,
+    percentile,
+    ratio_interval,
+    run_alone,
+    synapse_at,
+)
 from bench.echo_bot import ECHO_READY
 from bot.cross_signing import CrossSigningKeys
 from bot.dev.client import MatrixUser, MatrixUserError, ReceivedMessage
@@ -144,6 +154,10 @@ class Samples:
 
     def of(self, kind: str, bot: str) -> Summary:
         return Summary.of(self.ms.get((kind, bot), []))
+
+    def pair(self, kind: str, a: str, b: str) -> tuple[list[float], list[float]]:
+        """The samples of `a` and of `b` (bots, or roles) in one room kind."""
+        return self.ms.get((kind, a), []), self.ms.get((kind, b), [])
 
     def lost(self, kind: str, roles: Sequence[str] = ("bot", "echo")) -> str:
         """'failed / skipped' for both bots (or both roles)."""
@@ -346,7 +360,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "warmup": 3,
         "paced_rounds": 10,
         "reaction_rounds": 6,
-        "crowd_rounds": 4,
+        "crowd_rounds": 8,
         "block": 2,
     }
     return {
@@ -470,15 +484,22 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
-def _against(x: Summary, y: Summary) -> tuple[str, int]:
-    """'median ratio | p95 ratio' of x against y, each marked ✗ when over its target, and how
-    many of the two targets x meets."""
+def _against(xs: Sequence[float], ys: Sequence[float]) -> tuple[str, int]:
+    """'median ratio | p95 ratio | their 90 % intervals' of samples xs against ys, each ratio
+    marked ✗ when over its target, and how many of the two targets xs meets."""
+    x, y = Summary.of(xs), Summary.of(ys)
     r_med, r_p95 = _ratio(x.median, y.median), _ratio(x.p95, y.p95)
     ok_med, ok_p95 = r_med <= TARGET_MEDIAN, r_p95 <= TARGET_P95
-    cells = f"{r_med:.2f}{'' if ok_med else ' ✗'} | {r_p95:.2f}{'' if ok_p95 else ' ✗'}"
+    med_lo, med_hi = ratio_interval(xs, ys, statistics.median)
+    p95_lo, p95_hi = ratio_interval(xs, ys, partial(percentile, q=95))
+    cells = (
+        f"{r_med:.2f}{'' if ok_med else ' ✗'} | {r_p95:.2f}{'' if ok_p95 else ' ✗'} | "
+        f"{med_lo:.2f}–{med_hi:.2f}; {p95_lo:.2f}–{p95_hi:.2f}"
+    )
     return cells, ok_med + ok_p95
 
 
+INTERVALS = "90 % intervals, median; p95 (bootstrap)"
 SATURATED = 2.0  # the echo bot's median this many times its paced one: the server queues
 
 
@@ -489,9 +510,9 @@ def report(results: dict[str, Any]) -> str:
     crowd = f"{s['crowd']} paced"
     out = [
         "Reply latency: command sent -> reply received, ms; bot = `python -m bot run` (INFO "
-        "logging), echo = bench/echo_bot.py (bare matrix-nio) answering with a copy of the "
-        "bot's answer; one Synapse, both bots side by "
-        f"side; command {COMMAND!r}; the bot's reaction shortcuts "
+        "logging), echo = bench/echo_bot.py (bare matrix-nio) sending a copy of the bot's "
+        "traffic (its answer, then the shortcut reactions on it when the bot has them on); one "
+        f"Synapse, both bots side by side; command {COMMAND!r}; the bot's reaction shortcuts "
         f"{'on' if s.get('shortcuts', True) else 'off (--no-shortcuts)'}",
         f"- back to back: one person, {s['n']} round trips to each bot after {s['warmup']} "
         f"warm-up rounds, ABBA ({timing['back to back']:.0f} s)",
@@ -507,15 +528,15 @@ def report(results: dict[str, Any]) -> str:
         "",
         "| pattern | room | n bot / echo | bot median / p95 | echo median / p95 | "
         f"ratio of medians (<= {TARGET_MEDIAN:.2f}) | ratio of p95s (<= {TARGET_P95:.2f}) "
-        "| failed / skipped |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {INTERVALS} | failed / skipped |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     met = total = 0
     notes: list[str] = []
     for pattern, samples in rows.items():
         for kind in KINDS:
             b, e = samples.of(kind, "bot"), samples.of(kind, "echo")
-            ratios, ok = _against(b, e)
+            ratios, ok = _against(*samples.pair(kind, "bot", "echo"))
             met += ok
             total += 2
             out.append(
@@ -545,12 +566,12 @@ def report(results: dict[str, Any]) -> str:
         "",
         "| room | n reaction / command | reaction median / p95 | command median / p95 | "
         f"ratio of medians (<= {TARGET_MEDIAN:.2f}) | ratio of p95s (<= {TARGET_P95:.2f}) "
-        "| failed / skipped |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {INTERVALS} | failed / skipped |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for kind in KINDS:
         r, c = reaction.of(kind, "reaction"), reaction.of(kind, "command")
-        ratios, ok = _against(r, c)
+        ratios, ok = _against(*reaction.pair(kind, "reaction", "command"))
         met += ok
         total += 2
         out.append(
@@ -578,7 +599,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--crowd-rounds",
         type=int,
-        default=6,
+        default=8,
         help="seconds (periods) of the crowd pattern, shared by the two bots",
     )
     parser.add_argument(
