@@ -19,8 +19,8 @@ from bot.timeutil import day_end, working_time_between
 WORKING_DAY = timedelta(days=1)  # of working time, as timeutil counts it
 HOURS_PER_WORKING_DAY = 8  # what an estimate in hours is a share of: "4h" is half a day
 DAYS_PER_WORKING_WEEK = 5  # "1w", whatever the team's working days
-# Further off than this much working time is no date but a guess, and walking the calendar
-# day by day to it would cost more than a reply is worth.
+# Further off than this much working time is no date but a guess (and a runaway pace's
+# timedelta could overflow).
 HORIZON = timedelta(days=1000)
 
 _UNIT_DAYS = {"h": 1 / HOURS_PER_WORKING_DAY, "d": 1.0, "w": float(DAYS_PER_WORKING_WEEK)}
