@@ -123,19 +123,12 @@ def landing_day(
         end = day_end(first + timedelta(days=offset), tz)
         return working_time_between(start, end, tz, working_days) >= work
 
-    # The first day by whose end the work is done (working time only grows): a guess from a
-    # week's working time, a bracket around it, then halving (not a walk of every day).
-    guess = max(0, int(work / (WORKING_DAY * len(working_days) / 7)) - 7)
-    step = 8
-    if done_by(guess):
-        lo, hi = guess - step, guess
-        while lo >= 0 and done_by(lo):
-            lo, hi, step = lo - step, lo, step * 2
-        lo = max(lo, -1)  # -1: before the first day, when nothing is done
-    else:
-        lo, hi = guess, guess + step
-        while not done_by(hi):
-            lo, hi, step = hi, hi + step, step * 2
+    # The first day by whose end the work is done (working time only grows), by halving: from
+    # before the first day (-1, nothing done) to a week past the days the work takes at the
+    # week's share of working days (doubled until it is done), not a walk of every day.
+    lo, hi = -1, int(work / (WORKING_DAY * len(working_days) / 7)) + 8
+    while not done_by(hi):
+        lo, hi = hi, 2 * hi
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if done_by(mid) else (mid, hi)

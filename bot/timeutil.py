@@ -145,7 +145,9 @@ def day_end(day: date, tz: ZoneInfo) -> datetime:
 
 
 @lru_cache(maxsize=256)
-def _year_of_working_time(year: int, tz: ZoneInfo, working_days: frozenset[int]) -> list[timedelta]:
+def _year_of_working_time(
+    year: int, tz: ZoneInfo, working_days: frozenset[int]
+) -> tuple[timedelta, ...]:
     """[i]: the working time of the year's first i days (each working day as long as it is in
     `tz`: 23 or 25 hours across a clock change); [-1] is the whole year's."""
     day = date(year, 1, 1)
@@ -156,7 +158,7 @@ def _year_of_working_time(year: int, tz: ZoneInfo, working_days: frozenset[int])
             total += end - start
         out.append(total)
         day, start = day + _DAY, end
-    return out
+    return tuple(out)
 
 
 def _whole_days(first: date, last: date, tz: ZoneInfo, working_days: frozenset[int]) -> timedelta:
@@ -185,7 +187,7 @@ def working_time_between(
         return end - start if first.weekday() in working_days else timedelta(0)
     total = _whole_days(first + _DAY, last, tz, working_days)
     if first.weekday() in working_days:
-        total += _midnight(first + _DAY, tz) - start
+        total += day_end(first, tz) - start
     if last.weekday() in working_days:
         total += end - _midnight(last, tz)
     return total
