@@ -19,13 +19,13 @@ the bot alone:
   room, the echo bot's, the bot's encrypted room, the echo bot's): every command finds its bot
   idle in its long-poll sync, half a second after its last command, and the other bot's traffic
   before it done;
-- 20 paced: 20 people each send `!progress` every 2 seconds, staggered evenly, so a bot gets
-  10 a second, one from each person in turn; `!progress` renders the most and shows no step
-  (no reactions follow). The bots take turns of one period (ABBA), so the homeserver carries
-  one bot's crowd at a time. Why not 20 a second: this Synapse (SQLite, one database
-  connection) carries about 12 of these round trips a second on this machine, whichever bot
-  answers (`--crowd-period 1` shows it: both bots' medians near a second, the homeserver's
-  queue, not theirs);
+- 20 paced: 20 people each send `!progress` every 2 seconds, staggered evenly, each to the two
+  bots in turn and neighbours out of step, so that in any second 10 commands reach the
+  homeserver, 5 for each bot, interleaved (a stall of the machine hits both alike);
+  `!progress` renders the most and shows no step (no reactions follow). Why not one a second
+  each: this Synapse (SQLite, one database connection) carries about 12 of these round trips
+  a second on this machine, whichever bot answers (`--crowd-period 1` shows it: both bots'
+  medians near a second, the homeserver's queue, not theirs);
 - paced reaction (the bot only: the echo bot does not answer reactions): each room kind's person
   sends `!next` to the bot once a second and, half a second later, reacts ✅ on its reply; the
   bot answers that as `!done <the step shown>`, in reply to the message reacted to. Each
@@ -87,6 +87,7 @@ REACTION = "✅"  # the shortcut for `!done <the step the message shows>`
 REPLY_TIMEOUT_S = 20.0
 PACED_TIMEOUT_S = 10.0  # a lost reply must not stall a paced stream for long
 PACED_WARMUP = 2  # a paced stream's first commands: not counted (room keys, caches)
+CROWD_WARMUP = 1  # a crowd's person's first command to a bot: enrols them, shares room keys
 KINDS = ("unencrypted", "encrypted")
 
 
@@ -195,30 +196,27 @@ async def paced(
     period: float,
     rounds: int,
     warmup: int,
-    block: int | None = None,
+    *,
+    alternate: bool = False,
     command: str = COMMAND,
 ) -> Samples:
     """Every (chat, offset) sends `command` every `period` seconds, `offset` into the period,
     all on one timetable: a command goes out on time whether or not the others are answered.
     A person waits for their reply before the next command; one that comes more than a period
     late costs that person the commands whose time has passed (counted as skipped), so a
-    homeserver that falls behind cannot stretch the run. With `block`, the periods go to one
-    bot at a time, `block` periods each, in ABBA order (bot, echo, echo, bot, ...); else
-    every stream sends every period. A stream's first `warmup` commands are not counted."""
+    homeserver that falls behind cannot stretch the run. With `alternate`, the streams come in
+    pairs, one person's chat with one bot and then with the other, and each period one of a
+    pair sends, the two taking turns, neighbouring pairs out of step: half the people talk to
+    each bot in any period, interleaved, so a stall of the machine hits both alike; else every
+    stream sends every period. A stream's first `warmup` commands are not counted."""
     out = Samples()
     loop = asyncio.get_running_loop()
     start = loop.time() + 0.2
 
-    def active(chat: Chat, k: int) -> bool:
-        if block is None:
-            return True
-        turn = (k // block) % 4
-        return chat.bot == ("bot" if turn in (0, 3) else "echo")
-
-    async def stream(chat: Chat, offset: float) -> None:
+    async def stream(n: int, chat: Chat, offset: float) -> None:
         sent = 0
         for k in range(rounds):
-            if not active(chat, k):
+            if alternate and (n // 2 + k) % 2 != n % 2:
                 continue
             at = start + k * period + offset
             if loop.time() > at + period:
@@ -236,7 +234,7 @@ async def paced(
             if sent > warmup:
                 out.add(chat, seconds * 1000)
 
-    await asyncio.gather(*(stream(chat, offset) for chat, offset in streams))
+    await asyncio.gather(*(stream(n, chat, offset) for n, (chat, offset) in enumerate(streams)))
     return out
 
 
@@ -379,7 +377,6 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "reaction_rounds": args.reaction_rounds,
         "crowd": args.crowd,
         "crowd_rounds": args.crowd_rounds,
-        "block": args.crowd_block,
         "period": args.period,
         "crowd_period": args.crowd_period,
         "shortcuts": args.shortcuts,
@@ -494,8 +491,8 @@ async def run(args: argparse.Namespace, synapse: DevSynapse | None = None) -> di
                         streams,
                         crowd_period,
                         s["crowd_rounds"],
-                        PACED_WARMUP,
-                        s["block"],
+                        CROWD_WARMUP,
+                        alternate=True,
                         command=CROWD_COMMAND,
                     )
                 )
@@ -544,11 +541,10 @@ def report(results: dict[str, Any]) -> str:
         f"{s['paced_rounds']} each after {PACED_WARMUP} warm-up "
         f"({timing['paced']:.0f} s)",
         f"- {crowd}: {s['crowd']} people each sending {CROWD_COMMAND!r} every "
-        f"{s['crowd_period']:g} s, "
-        f"staggered evenly, to one bot at a time in blocks of {s['block']} periods (ABBA), "
-        f"{s['crowd_rounds']} periods a room kind, each person's first {PACED_WARMUP} a bot "
-        f"not counted: {s['crowd'] / s['crowd_period']:.0f} commands a second at the bot "
-        f"({timing[crowd]:.0f} s)",
+        f"{s['crowd_period']:g} s, staggered evenly, each to the two bots in turn (neighbours "
+        f"out of step), {s['crowd_rounds']} periods a room kind, each person's first "
+        f"{CROWD_WARMUP} to a bot not counted: {s['crowd'] / s['crowd_period']:.0f} commands "
+        f"a second at the homeserver, half to each bot ({timing[crowd]:.0f} s)",
         "",
         "| pattern | room | n bot / echo | bot median / p95 | echo median / p95 | "
         f"ratio of medians (<= {TARGET_MEDIAN:.2f}) | ratio of p95s (<= {TARGET_P95:.2f}) "
@@ -622,20 +618,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--crowd-rounds",
         type=int,
-        default=10,
-        help="periods of the crowd pattern a room kind, shared by the two bots",
+        default=12,
+        help="periods of the crowd pattern a room kind (each person, each bot every other)",
     )
     parser.add_argument(
         "--crowd-period",
         type=float,
         default=2.0,
         help="crowd pattern: seconds between one person's commands",
-    )
-    parser.add_argument(
-        "--crowd-block",
-        type=int,
-        default=1,
-        help="crowd pattern: periods in a row at one bot before the other's turn (ABBA)",
     )
     parser.add_argument("--period", type=float, default=1.0, help="seconds between commands")
     parser.add_argument(
