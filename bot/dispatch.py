@@ -204,6 +204,7 @@ class Dispatcher:
         """
         results: list[list[OutboxItem] | None] = [None] * len(msgs)
         batch: list[tuple[int, _Prepared]] = []
+        senders: set[str] = set()  # of the commands in `batch`
         at = 0  # the commands from here on are not committed yet
         try:
             for at, msg in enumerate(msgs):
@@ -212,15 +213,16 @@ class Dispatcher:
                     continue
                 cmd = self.commands.get(parsed.name)
                 alone = cmd is not None and cmd.role > Role.NEWCOMER
-                if batch and (alone or any(p.msg.sender == msg.sender for _, p in batch)):
+                if batch and (alone or msg.sender in senders):
                     await self._commit(batch, results, ahead)
-                    batch = []
+                    batch, senders = [], set()
                 prepared = await self._prepare(msg, cmd, parsed.name, parsed.args)
                 if prepared is not None:
                     batch.append((at, prepared))
+                    senders.add(msg.sender)
                     if alone:
                         await self._commit(batch, results, ahead)
-                        batch = []
+                        batch, senders = [], set()
             at = len(msgs)
             await self._commit(batch, results, ahead, values)
         except StorageFault as fault:

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from bot.progress import Progress, State, is_finished
 from bot.roadmap import ESTIMATE, Roadmap
-from bot.timeutil import day_end, working_time_between
+from bot.timeutil import day_work_is_done, working_time_between
 
 WORKING_DAY = timedelta(days=1)  # of working time, as timeutil counts it
 HOURS_PER_WORKING_DAY = 8  # what an estimate in hours is a share of: "4h" is half a day
@@ -116,24 +116,8 @@ def landing_day(
     first working day from `start`'s when there is none to do."""
     if not working_days:
         raise ValueError("no working days: no work is ever done")
-    first = start.astimezone(tz).date()
-
-    def done_by(offset: int) -> bool:
-        """Whether `work` is done by the end of the day `offset` days after `first`."""
-        end = day_end(first + timedelta(days=offset), tz)
-        return working_time_between(start, end, tz, working_days) >= work
-
-    # The first day by whose end the work is done (working time only grows), by halving: from
-    # before the first day (-1, nothing done) to a week past the days the work takes at the
-    # week's share of working days (doubled until it is done), not a walk of every day.
-    lo, hi = -1, int(work / (WORKING_DAY * len(working_days) / 7)) + 8
-    while not done_by(hi):
-        lo, hi = hi, 2 * hi
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if done_by(mid) else (mid, hi)
+    day = day_work_is_done(start, work, tz, working_days)
     # Done by a day off only when there was nothing to do that day: the next working day.
-    day = first + timedelta(days=hi)
     while day.weekday() not in working_days:
         day += timedelta(days=1)
     return day

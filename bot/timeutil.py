@@ -7,6 +7,7 @@ team's time zone, so a weekend or a daylight-saving night is measured the way pe
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -191,6 +192,28 @@ def working_time_between(
     if last.weekday() in working_days:
         total += end - _midnight(last, tz)
     return total
+
+
+def day_work_is_done(
+    start: datetime, work: timedelta, tz: ZoneInfo, working_days: frozenset[int]
+) -> date:
+    """The first calendar day in `tz` by whose end `work` of working time from `start` is done
+    (as `working_time_between` counts it): `start`'s own day when there is none to do. Found in
+    the years' running sums, not by a walk. `working_days` must not be empty."""
+    start = _aware(start, "start")
+    first = local_day(start, tz)
+    done = day_end(first, tz) - start if first.weekday() in working_days else timedelta(0)
+    if done >= work:
+        return first
+    need, day = work - done, first + _DAY  # still to do, from the start of `day` on
+    while True:
+        sums = _year_of_working_time(day.year, tz, working_days)
+        before = sums[day.timetuple().tm_yday - 1]
+        if sums[-1] - before >= need:
+            # sums[i] covers the year's first i days: the i-th day (1-based) is the one.
+            return date(day.year, 1, 1) + (bisect_left(sums, before + need) - 1) * _DAY
+        need -= sums[-1] - before
+        day = date(day.year + 1, 1, 1)
 
 
 def is_working_day(at: datetime, tz: ZoneInfo, working_days: frozenset[int]) -> bool:
