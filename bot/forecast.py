@@ -114,8 +114,6 @@ def landing_day(
 ) -> date:
     """The working day in `tz` on which `work` of working time from `start` is complete: the
     first working day from `start`'s when there is none to do."""
-    if not working_days:
-        raise ValueError("no working days: no work is ever done")
     day = day_work_is_done(start, work, tz, working_days)
     # Done by a day off only when there was nothing to do that day: the next working day.
     while day.weekday() not in working_days:

@@ -199,7 +199,9 @@ def day_work_is_done(
 ) -> date:
     """The first calendar day in `tz` by whose end `work` of working time from `start` is done
     (as `working_time_between` counts it): `start`'s own day when there is none to do. Found in
-    the years' running sums, not by a walk. `working_days` must not be empty."""
+    the years' running sums, not by a walk. ValueError when there are no working days."""
+    if not working_days:
+        raise ValueError("no working days: no work is ever done")
     start = _aware(start, "start")
     first = local_day(start, tz)
     done = day_end(first, tz) - start if first.weekday() in working_days else timedelta(0)

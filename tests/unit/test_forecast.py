@@ -283,3 +283,26 @@ def test_landing_day_around_clock_changes(tz: ZoneInfo, change: datetime) -> Non
                 work = timedelta(hours=hours)
                 expected = landing_day_by_definition(start, work, tz, week)
                 assert landing_day(start, work, tz, week) == expected, (start, hours, week)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    start=st.datetimes(datetime(2025, 1, 1), datetime(2028, 12, 31), timezones=st.just(UTC)),
+    days=st.integers(200, HORIZON.days),
+    tz=st.sampled_from(ZONES),
+    working_days=st.sampled_from(WEEKS),
+)
+def test_landing_day_years_ahead(
+    start: datetime, days: int, tz: ZoneInfo, working_days: frozenset[int]
+) -> None:
+    # Work that runs through one or more New Years: the search goes from one year's running
+    # sums to the next.
+    work = timedelta(days=days, minutes=start.minute)
+    assert landing_day(start, work, tz, working_days) == landing_day_by_definition(
+        start, work, tz, working_days
+    )
+
+
+def test_no_working_days_is_refused_not_searched_for_ever() -> None:
+    with pytest.raises(ValueError, match="no working days"):
+        landing_day(berlin(3, 2), DAY, BERLIN, frozenset())
